@@ -1,0 +1,48 @@
+# One entry point for humans and CI. `make test` builds everything it needs from the project's own files.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install system-deps test lint typecheck unit integration chart e2e local bench clean
+
+$(BIN)/portcullis: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/portcullis
+
+# Tools the tests drive as real clients and servers (curl, openssl, etcd, iproute2).
+system-deps:
+	bash scripts/install-system-deps
+
+lint: install
+	$(BIN)/ruff check controller dataplane tests e2e
+	$(BIN)/mypy
+
+typecheck: lint
+
+test: install system-deps lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install system-deps
+	$(BIN)/python -m pytest -q tests/integration
+
+chart: install
+	$(BIN)/python -m pytest -q tests/chart
+
+e2e: install system-deps
+	$(BIN)/python -m pytest -q e2e
+
+local: install
+	$(BIN)/portcullis local -f deploy/examples
+
+bench: install
+	bash bench/run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one data plane, on a registry of its own (no global state).
+
+One object holds every series so each part of the data plane gets it passed in, and tests can
+run several data planes in one process without their counters mixing.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "portcullis_"
+        self.connections = Counter(
+            p + "connections", "Accepted connections by listener and TLS mode", ["listener", "mode"], registry=r
+        )
+        self.active_connections = Gauge(
+            p + "active_connections", "Open client connections", ["listener", "mode"], registry=r
+        )
+        self.handshakes = Counter(
+            p + "tls_handshakes", "TLS handshakes at the edge by result and failure reason", ["result", "reason"],
+            registry=r,
+        )
+        self.client_hello = Counter(
+            p + "client_hello", "ClientHello collection outcome (ok, too_large, timeout, malformed, not_tls)",
+            ["result"], registry=r,
+        )
+        self.passthrough = Counter(
+            p + "passthrough_connections", "Passthrough routing outcome (routed, unknown_sni, no_endpoint, "
+            "connect_failed)", ["result"], registry=r,
+        )
+        self.requests = Counter(
+            p + "http_requests", "Proxied HTTP requests by host and status class", ["host", "code_class"], registry=r
+        )
+        self.request_duration = Histogram(
+            p + "http_request_duration_seconds", "Time to the response head from the backend", ["host"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.upstream_failures = Counter(
+            p + "upstream_failures", "Upstream connect and TLS verification failures by pool",
+            ["pool", "reason"], registry=r,
+        )
+        self.insecure_upstreams = Gauge(
+            p + "insecure_upstream_pools", "Pools with backend certificate verification turned off", registry=r
+        )
+        self.bytes = Counter(
+            p + "bytes", "Bytes relayed by direction (in: from clients, out: to clients) and mode",
+            ["direction", "mode"], registry=r,
+        )
+        self.snapshot_generation = Gauge(p + "snapshot_generation", "Generation of the applied snapshot", registry=r)
+        self.snapshot_applies = Counter(
+            p + "snapshot_applies", "Snapshot apply attempts by result", ["result"], registry=r
+        )
+        self.snapshot_apply_seconds = Histogram(
+            p + "snapshot_apply_seconds", "Time to validate and apply a snapshot", registry=r
+        )
+        self.certificate_not_after = Gauge(
+            p + "certificate_not_after_seconds", "Expiry (unix time) of each served certificate",
+            ["certificate", "names"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
