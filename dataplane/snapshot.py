@@ -120,7 +120,8 @@ class TLSHost:
 
     ``host`` is an exact DNS name or a single-label wildcard (``*.example.com``). For
     ``passthrough`` the bytes go to ``pool_id`` untouched; for ``terminate`` the data plane
-    handshakes with ``certificate_id`` (None: the default certificate) and then routes HTTP.
+    handshakes with ``certificate_id`` (None: the snapshot's default certificate, and without one
+    the self-signed fallback each data plane makes at start, as ingress-nginx does) and routes HTTP.
     """
 
     host: str
@@ -361,8 +362,6 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
                 problems.append(f"{where}: a passthrough pool cannot have upstream TLS")
         if host.mode == "terminate" and host.certificate_id is not None and host.certificate_id not in certs:
             problems.append(f"{where}: certificate {host.certificate_id} is not in the snapshot")
-        if host.mode == "terminate" and host.certificate_id is None and snapshot.default_certificate_id is None:
-            problems.append(f"{where}: no certificate and no default certificate")
         if host.client_auth is not None:
             if host.client_auth.ca_id not in cas:
                 problems.append(f"{where}: client CA {host.client_auth.ca_id} is not in the snapshot")
