@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 from controller.annotations import annotation_table
 from controller.certificates import utc_now
@@ -45,10 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", action="store_true", help="print the annotation table and exit")
 
 
-def print_problems(problems: list[Problem], stream: object = None) -> None:
-    out = stream or sys.stderr
+def print_problems(problems: list[Problem], stream: TextIO | None = None) -> None:
     for problem in problems:
-        print(problem, file=out)  # type: ignore[call-overload]
+        print(problem, file=stream or sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
