@@ -1,0 +1,151 @@
+"""The admin listener: the snapshot push API, health, and metrics (contracts.md section 3).
+
+The push channel carries private keys, so it is TLS unless it is bound to loopback (local mode),
+and every snapshot request is authenticated with a bearer token compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from dataplane.snapshot import Snapshot, SnapshotFormatError
+
+if TYPE_CHECKING:
+    from dataplane.runtime import DataPlane, DataPlaneConfig
+
+log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class AdminConfigError(ValueError):
+    """The admin listener would be unsafe or cannot start as configured."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bearer_ok(header: str | None, token: str | None) -> bool:
+    """Constant-time token check; with no token configured nothing is authorised."""
+    if not token or not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+class AdminServer:
+    def __init__(self, dataplane: DataPlane, config: DataPlaneConfig) -> None:
+        self.dataplane = dataplane
+        self.config = config
+        self.bind = config.admin_bind if config.admin_bind is not None else config.bind
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    def check_config(self) -> None:
+        cfg = self.config
+        if bool(cfg.admin_cert_file) != bool(cfg.admin_key_file):
+            raise AdminConfigError("--admin-cert-file and --admin-key-file must be given together")
+        if not cfg.admin_cert_file and not is_loopback(self.bind):
+            raise AdminConfigError(
+                f"the admin listener on {self.bind!r} would carry private keys in plain HTTP; give "
+                "--admin-cert-file/--admin-key-file, or bind it to loopback (--admin-bind 127.0.0.1)"
+            )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.admin_cert_file or not cfg.admin_key_file:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cfg.admin_cert_file, cfg.admin_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AdminConfigError(f"cannot load the admin certificate/key: {exc}") from exc
+        return ctx
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.admin_max_body)
+        app.router.add_put("/snapshot", self.put_snapshot)
+        app.router.add_get("/snapshot", self.get_snapshot)
+        app.router.add_get("/livez", self.livez)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def start(self) -> None:
+        self.check_config()
+        context = self.ssl_context()
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.bind, self.config.admin_port, ssl_context=context, backlog=128)
+        await site.start()
+        addresses: list[Any] = list(self.runner.addresses)
+        self.port = int(addresses[0][1]) if addresses else 0
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        return bearer_ok(request.headers.get("Authorization"), self.config.admin_token)
+
+    def _state(self) -> dict[str, Any]:
+        return {"generation": self.dataplane.generation, "checksum": self.dataplane.checksum}
+
+    async def put_snapshot(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            log.warning("snapshot push refused: bad or missing token", extra={"peer": request.remote})
+            return web.json_response({"errors": ["unauthorised"]}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body = await request.read()
+            snapshot = Snapshot.from_json(body)
+        except SnapshotFormatError as exc:
+            self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
+            return web.json_response({"errors": [str(exc)]}, status=422)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"errors": ["snapshot larger than the admin body limit"]}, status=413)
+        if self.dataplane.ready and snapshot.generation < self.dataplane.generation:
+            self.dataplane.metrics.snapshot_applies.labels("stale").inc()
+            return web.json_response(
+                {"errors": [f"generation {snapshot.generation} is older than the applied "
+                            f"{self.dataplane.generation}"], **self._state()},
+                status=409,
+            )
+        errors = self.dataplane.apply(snapshot)
+        if errors:
+            return web.json_response({"errors": errors}, status=422)
+        return web.json_response(self._state())
+
+    async def get_snapshot(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"errors": ["unauthorised"]}, status=401, headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response(self._state())
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.dataplane.ready:
+            return web.Response(text="ready\n")
+        return web.Response(text="no snapshot applied yet\n", status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.dataplane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -1,0 +1,413 @@
+"""The listeners: one HTTPS port for all three TLS modes, and the plain HTTP port.
+
+HTTPS accept path: take the raw socket, ``MSG_PEEK`` until the whole ClientHello is in hand (the
+bytes stay in the kernel), ask the pure parser what it says, look the SNI up in the current
+``TLSTable``, then either hand the socket to the passthrough relay or let asyncio terminate TLS
+on it with the chosen context and give the decrypted stream to the application protocol (the
+HTTP engine). Peeking keeps both paths zero-copy with respect to the ClientHello: nothing has to
+be replayed.
+
+While waiting for more of a ClientHello the socket's ``SO_RCVLOWAT`` is set to the byte count the
+parser needs, so the loop is woken once per useful step rather than once per TCP segment; where
+that does not hold (a peek shows no progress) the collector backs off briefly instead of spinning
+on a level-triggered readable socket. Every wait is bounded by the size cap and the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dataplane import clienthello, passthrough
+from dataplane.metrics import Metrics
+from dataplane.snapshot import Pool, Snapshot, TLSHost
+from dataplane.tls import PeerCertificate, TLSTable, peer_certificate
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 64
+BACKOFF_START = 0.002
+BACKOFF_MAX = 0.05
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 47\r\nConnection: close\r\n\r\n"
+    b"This port speaks HTTPS; plain HTTP was refused.\n"
+)
+HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the edge knows about a connection when it hands it to the application protocol."""
+
+    scheme: str  # "http" or "https"
+    client_addr: tuple[str, int]
+    server_port: int
+    sni: str | None
+    row: TLSHost | None  # the SNI-table row the handshake used (None: default certificate)
+    peer_cert: PeerCertificate | None
+
+
+AppFactory = Callable[[Accepted], asyncio.Protocol]
+
+
+@dataclass(frozen=True)
+class EdgeState:
+    """Everything one accepted connection routes with; swapped whole on apply, never edited."""
+
+    snapshot: Snapshot
+    tls: TLSTable
+    app: AppFactory
+    picker: Callable[[Pool], passthrough.EndpointPicker]
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    clienthello_max_bytes: int = 65536
+    clienthello_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+
+
+class Tracker:
+    """Live connections, so a stop can drain them (bounded) and then close the rest."""
+
+    def __init__(self) -> None:
+        self.transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.pending: set[socket.socket] = set()  # accepted, not handed off yet
+
+    def add(self, transport: asyncio.BaseTransport) -> None:
+        self.transports.add(transport)
+
+    @property
+    def live(self) -> int:
+        return sum(1 for t in list(self.transports) if not t.is_closing()) + len(self.pending)
+
+    def close_pending(self) -> None:
+        for sock in list(self.pending):
+            sock.close()
+        self.pending.clear()
+
+    def abort_all(self) -> None:
+        self.close_pending()
+        for transport in list(self.transports):
+            if transport.is_closing():
+                continue
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+
+
+class _Handoff(asyncio.Protocol):
+    """Builds the application protocol once the transport (and its TLS session) exists, then steps aside.
+
+    The HTTP engine's protocol takes a complete ConnectionInfo in its constructor, and the client
+    certificate is only known after the handshake; asyncio calls ``connection_made`` after it, so
+    this shim builds the real protocol there and swaps it in with ``set_protocol``: no per-byte
+    forwarding.
+    """
+
+    def __init__(self, make: Callable[[asyncio.BaseTransport], Accepted], app: AppFactory,
+                 tracker: Tracker, listener: str, mode: str, metrics: Metrics) -> None:
+        self.make = make
+        self.app = app
+        self.tracker = tracker
+        self.listener = listener
+        self.mode = mode
+        self.metrics = metrics
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tracker.add(transport)
+        self.metrics.connections.labels(self.listener, self.mode).inc()
+        inner = self.app(self.make(transport))
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before any data
+        raise RuntimeError("handoff protocol received data")
+
+    def connection_lost(self, exc: Exception | None) -> None:  # pragma: no cover
+        pass
+
+
+def _listening_socket(bind: str, port: int, reuse_port: bool = False) -> socket.socket:
+    infos = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _addr(raw: object) -> tuple[str, int]:
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return str(raw[0]), int(raw[1])
+    return ("", 0)
+
+
+class HTTPSListener:
+    def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, settings: EdgeSettings,
+                 tracker: Tracker) -> None:
+        self.get_state = get_state
+        self.metrics = metrics
+        self.settings = settings
+        self.tracker = tracker
+        self.sock: socket.socket | None = None
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, bind: str, port: int, reuse_port: bool = False) -> int:
+        self._loop = asyncio.get_running_loop()
+        self.sock = _listening_socket(bind, port, reuse_port)
+        self.port = self.sock.getsockname()[1]
+        self._loop.add_reader(self.sock.fileno(), self._on_acceptable)
+        return self.port
+
+    def stop_accepting(self) -> None:
+        if self.sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    async def wait_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _on_acceptable(self) -> None:
+        assert self.sock is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: out of resources", extra={"error": str(exc)})
+                    return
+                continue
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _HelloCollector(self, conn, _addr(addr))
+
+    def spawn(self, coro: object) -> None:
+        assert self._loop is not None
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- after the ClientHello ----------------------------------------------------------------
+
+    def dispatch(self, sock: socket.socket, client_addr: tuple[str, int], hello: clienthello.Complete) -> None:
+        state = self.get_state()
+        row = state.tls.lookup(hello.sni)
+        server_addr = _addr(sock.getsockname())
+        if row is not None and row.mode == "passthrough":
+            pool = state.snapshot.pool(row.pool_id)
+            if pool is None:  # validate() makes this impossible; stay total anyway
+                self.metrics.passthrough.labels("no_endpoint").inc()
+                sock.close()
+                return
+            self.metrics.connections.labels("https", "passthrough").inc()
+            request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, pool,
+                                                     state.picker(pool))
+            self.spawn(self._passthrough(request))
+            return
+        if hello.sni and row is None:
+            self.metrics.passthrough.labels("unknown_sni").inc()
+        self.spawn(self._terminate(sock, client_addr, server_addr[1], hello.sni, row, state))
+
+    async def _passthrough(self, request: passthrough.PassthroughRequest) -> None:
+        assert self._loop is not None
+        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add)
+
+    async def _terminate(self, sock: socket.socket, client_addr: tuple[str, int], server_port: int,
+                         sni: str | None, row: TLSHost | None, state: EdgeState) -> None:
+        assert self._loop is not None
+        context = state.tls.context_for(row)
+
+        def make(transport: asyncio.BaseTransport) -> Accepted:
+            cert = None
+            if row is not None and row.client_auth is not None:
+                cert = peer_certificate(transport.get_extra_info("ssl_object"))
+            return Accepted("https", client_addr, server_port, sni, row, cert)
+
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: _Handoff(make, state.app, self.tracker, "https", "terminate", self.metrics),
+                sock, ssl=context, ssl_handshake_timeout=self.settings.handshake_timeout,
+            )
+        except ssl.SSLError as exc:
+            self._handshake_failed(exc.reason or type(exc).__name__, sni)
+            sock.close()
+            return
+        except TimeoutError:
+            self._handshake_failed("timeout", sni)
+            sock.close()
+            return
+        except (ConnectionError, OSError) as exc:
+            self._handshake_failed("connection_" + (type(exc).__name__.lower()), sni)
+            sock.close()
+            return
+        self.metrics.handshakes.labels("ok", "").inc()
+
+    def _handshake_failed(self, reason: str, sni: str | None) -> None:
+        self.metrics.handshakes.labels("failed", reason).inc()
+        log.debug("TLS handshake failed", extra={"reason": reason, "sni": sni})
+
+
+class _HelloCollector:
+    """Peeks at one accepted socket until its ClientHello is complete (or the bounds say stop)."""
+
+    def __init__(self, listener: HTTPSListener, sock: socket.socket, client_addr: tuple[str, int]) -> None:
+        assert listener._loop is not None
+        self.loop = listener._loop
+        self.listener = listener
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client_addr = client_addr
+        self.max_bytes = listener.settings.clienthello_max_bytes
+        self.seen = 0
+        self.backoff = BACKOFF_START
+        self.lowat = 1
+        self.retry: asyncio.TimerHandle | None = None
+        self.reading = False
+        listener.tracker.pending.add(sock)
+        self.deadline = self.loop.call_later(listener.settings.clienthello_timeout, self._timed_out)
+        self._watch()
+
+    def _watch(self) -> None:
+        self.retry = None
+        if self.sock.fileno() < 0:
+            return
+        self.loop.add_reader(self.fd, self._readable)
+        self.reading = True
+
+    def _unwatch(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+
+    def _done(self) -> None:
+        self._unwatch()
+        self.deadline.cancel()
+        self.listener.tracker.pending.discard(self.sock)
+        if self.lowat != 1:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            self.lowat = 1
+
+    def _close(self, result: str) -> None:
+        self._done()
+        self.listener.metrics.client_hello.labels(result).inc()
+        self.sock.close()
+
+    def _timed_out(self) -> None:
+        self._close("timeout")
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(self.max_bytes, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close("reset")
+            return
+        if not data:
+            self._close("closed")
+            return
+        result = clienthello.parse(data, self.max_bytes)
+        if isinstance(result, clienthello.NeedMore):
+            self._need_more(len(data), result.need)
+        elif isinstance(result, clienthello.Complete):
+            self._done()
+            self.listener.metrics.client_hello.labels("ok").inc()
+            try:
+                self.listener.dispatch(self.sock, self.client_addr, result)
+            except Exception:
+                log.exception("dispatch failed")
+                self.sock.close()
+        elif isinstance(result, clienthello.NotTLS):
+            self._refuse_plain(data)
+        elif isinstance(result, clienthello.TooLarge):
+            self._close("too_large")
+        else:
+            self._close("malformed")
+
+    def _need_more(self, have: int, need: int) -> None:
+        if have > self.seen:
+            self.seen = have
+            self.backoff = BACKOFF_START
+            if need != self.lowat:
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+                    self.lowat = need
+                except OSError:
+                    pass
+            return
+        # Readable but nothing new (no low-water support, or the peer half-closed): back off.
+        self._unwatch()
+        self.retry = self.loop.call_later(self.backoff, self._watch)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _refuse_plain(self, data: bytes) -> None:
+        """Plain HTTP on the HTTPS port gets a short 400 (as nginx does), anything else just a close."""
+        if data.startswith(HTTP_METHOD_PREFIXES):
+            with contextlib.suppress(OSError):
+                self.sock.recv(len(data))  # consume, so the close is a FIN rather than a reset
+                self.sock.send(PLAIN_HTTP_ANSWER)
+                self.sock.shutdown(socket.SHUT_WR)
+        self._close("not_tls")
+
+
+class HTTPListener:
+    """The plain HTTP port: every connection goes straight to the application protocol."""
+
+    def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, tracker: Tracker) -> None:
+        self.get_state = get_state
+        self.metrics = metrics
+        self.tracker = tracker
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, bind: str, port: int, reuse_port: bool = False) -> int:
+        loop = asyncio.get_running_loop()
+        sock = _listening_socket(bind, port, reuse_port)
+        self.port = sock.getsockname()[1]
+        self.server = await loop.create_server(self._protocol, sock=sock, backlog=1024)
+        return self.port
+
+    def _protocol(self) -> asyncio.Protocol:
+        state = self.get_state()
+
+        def make(transport: asyncio.BaseTransport) -> Accepted:
+            return Accepted("http", _addr(transport.get_extra_info("peername")), self.port, None, None, None)
+
+        return _Handoff(make, state.app, self.tracker, "http", "plain", self.metrics)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()

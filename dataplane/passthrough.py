@@ -1,0 +1,258 @@
+"""TLS passthrough: connect to a backend, optionally say PROXY, then relay bytes both ways untouched.
+
+The ClientHello is still in the kernel's receive buffer when this starts (the edge only peeked),
+so the backend receives exactly the bytes the client sent. The relay is a pair of asyncio
+Protocols, one per side, with the flow control uvicorn uses: when one side's write buffer passes
+its high-water mark, the *other* side stops reading until it drains, so a slow reader never makes
+memory grow. Half-close is kept: EOF from one side becomes ``write_eof`` on the other, and the
+pair closes when both directions are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from dataplane import proxy_protocol
+from dataplane.metrics import Metrics
+from dataplane.snapshot import Endpoint, Pool
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+BYTES_FLUSH = 1 << 20  # report relayed bytes to metrics at least every MiB per side
+
+
+class EndpointPicker(Protocol):
+    """What passthrough needs from ``dataplane.balancer.UpstreamPool`` (contracts.md section 2)."""
+
+    def pick(self, client_ip: str, exclude: Collection[Endpoint] = ()) -> Endpoint | None: ...
+    def started(self, ep: Endpoint) -> None: ...
+    def finished(self, ep: Endpoint) -> None: ...
+    def failed(self, ep: Endpoint) -> None: ...
+    def succeeded(self, ep: Endpoint) -> None: ...
+
+
+class RoundRobin:
+    """Minimal picker for when the HTTP table has no balancer for a pool (keeps passthrough self-contained)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.endpoints = pool.endpoints
+        self._next = itertools.count()
+
+    def pick(self, client_ip: str, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = [e for e in self.endpoints if e not in exclude]
+        return candidates[next(self._next) % len(candidates)] if candidates else None
+
+    def started(self, ep: Endpoint) -> None:
+        pass
+
+    def finished(self, ep: Endpoint) -> None:
+        pass
+
+    def failed(self, ep: Endpoint) -> None:
+        pass
+
+    def succeeded(self, ep: Endpoint) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PassthroughRequest:
+    sock: socket.socket
+    client_addr: tuple[str, int]
+    server_addr: tuple[str, int]
+    sni: str | None
+    pool: Pool
+    picker: EndpointPicker
+
+
+class _Side(asyncio.Protocol):
+    """One end of the relay; ``peer`` is the other end."""
+
+    def __init__(self, relay: Relay, name: str) -> None:
+        self.relay = relay
+        self.name = name  # "client" or "upstream"
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+        self.closed = False
+        self.pending_bytes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        if self.name == "upstream":
+            transport.pause_reading()  # until the client side exists to write to
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.closed:
+            return
+        peer.transport.write(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= BYTES_FLUSH:
+            self.flush_bytes()
+
+    def flush_bytes(self) -> None:
+        if self.pending_bytes:
+            self.relay.count_bytes("in" if self.name == "client" else "out", self.pending_bytes)
+            self.pending_bytes = 0
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            if peer.eof or not peer.transport.can_write_eof():
+                self.relay.close()
+                return False
+            peer.transport.write_eof()
+        return True  # keep our write side open: the peer may still answer
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.flush_bytes()
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            if exc is None:
+                peer.transport.close()  # flushes what is buffered first
+            else:
+                peer.transport.abort()
+        self.relay.side_lost()
+
+
+class Relay:
+    """Both sides of one passthrough connection and its accounting."""
+
+    def __init__(self, metrics: Metrics, picker: EndpointPicker, endpoint: Endpoint,
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.metrics = metrics
+        self.picker = picker
+        self.endpoint = endpoint
+        self.client = _Side(self, "client")
+        self.upstream = _Side(self, "upstream")
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self._lost = 0
+        self._on_done = on_done
+
+    def count_bytes(self, direction: str, n: int) -> None:
+        self.metrics.bytes.labels(direction, "passthrough").inc(n)
+
+    def close(self) -> None:
+        for side in (self.client, self.upstream):
+            if side.transport is not None and not side.closed:
+                side.transport.close()
+
+    def start(self) -> None:
+        if self.upstream.transport is not None and not self.upstream.closed:
+            self.upstream.transport.resume_reading()
+
+    def side_lost(self) -> None:
+        self._lost += 1
+        if self._lost == 2:
+            self.picker.finished(self.endpoint)
+            self.metrics.active_connections.labels("https", "passthrough").dec()
+            if self._on_done is not None:
+                self._on_done()
+
+
+def close_gently(sock: socket.socket) -> None:
+    """Consume what the client sent (the peeked ClientHello) so the close is a FIN, not a reset."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        for _ in range(4):
+            if not sock.recv(65536):
+                break
+    sock.close()
+
+
+async def connect_upstream(
+    loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
+    factory: Callable[[Endpoint], Callable[[], asyncio.Protocol]],
+) -> tuple[Endpoint, asyncio.BaseTransport] | None:
+    """Pick and connect, marking failures and trying other endpoints; None when none answers."""
+    tried: list[Endpoint] = []
+    client_ip = request.client_addr[0]
+    for _ in range(max(1, len(request.pool.endpoints))):
+        endpoint = request.picker.pick(client_ip, tried)
+        if endpoint is None:
+            break
+        tried.append(endpoint)
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(factory(endpoint), endpoint.address, endpoint.port),
+                request.pool.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            request.picker.failed(endpoint)
+            metrics.upstream_failures.labels(request.pool.id, "connect").inc()
+            log.info("passthrough connect failed", extra={"pool": request.pool.id, "endpoint":
+                     f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
+            continue
+        request.picker.succeeded(endpoint)
+        return endpoint, transport
+    return None
+
+
+async def serve(
+    loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
+    on_client: Callable[[asyncio.BaseTransport], None] | None = None,
+) -> bool:
+    """Relay one accepted socket to the pool; closes the socket itself when no backend answers."""
+    relays: dict[Endpoint, Relay] = {}
+
+    def factory(endpoint: Endpoint) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            relay = relays[endpoint] = Relay(metrics, request.picker, endpoint)
+            return relay.upstream
+        return make
+
+    try:
+        connected = await connect_upstream(loop, request, metrics, factory)
+    except BaseException:
+        request.sock.close()
+        raise
+    if connected is None:
+        result = "no_endpoint" if not request.pool.endpoints else "connect_failed"
+        metrics.passthrough.labels(result).inc()
+        close_gently(request.sock)
+        return False
+    endpoint, upstream_transport = connected
+    relay = relays[endpoint]
+    request.picker.started(endpoint)
+    metrics.active_connections.labels("https", "passthrough").inc()
+    assert isinstance(upstream_transport, asyncio.Transport)
+    preamble = proxy_protocol.header(request.pool.proxy_protocol, request.client_addr, request.server_addr,
+                                     request.sni)
+    if preamble:
+        upstream_transport.write(preamble)
+    try:
+        client_transport, _ = await loop.connect_accepted_socket(lambda: relay.client, request.sock)
+    except OSError:
+        upstream_transport.abort()
+        request.sock.close()
+        relay.side_lost()
+        return False
+    metrics.passthrough.labels("routed").inc()
+    if on_client is not None:
+        on_client(client_transport)
+    relay.start()
+    return True

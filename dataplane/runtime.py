@@ -1,0 +1,277 @@
+"""One data plane: its listeners, the applied snapshot and the tables built from it.
+
+``DataPlane`` is the object both ``portcullis dataplane`` (behind the admin API) and
+``portcullis local`` (in-process) drive. ``apply`` is synchronous and all-or-nothing: validate,
+build every table the snapshot needs, then swap one reference. Connections accepted afterwards
+route with the new state; connections already open keep the objects they were handed, so an
+apply never closes a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dataplane import pem
+from dataplane.edge import Accepted, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
+from dataplane.metrics import Metrics
+from dataplane.passthrough import EndpointPicker, RoundRobin
+from dataplane.snapshot import Pool, Snapshot, content_id, validate
+from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    bind: str = "127.0.0.1"
+    https_port: int = 8443
+    http_port: int = 8080
+    admin_port: int = 9901
+    admin_bind: str | None = None  # None: same as bind
+    admin_cert_file: str | None = None
+    admin_key_file: str | None = None
+    admin_token: str | None = None
+    https_redirect_port: int = 443
+    clienthello_max_bytes: int = 65536
+    clienthello_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    drain_timeout: float = 30.0
+    reuse_port: bool = False
+    admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
+    admin_max_body: int = 64 * 1024 * 1024
+
+
+class _Engine:
+    """The HTTP engine (dataplane/http), resolved once. Absent, terminated HTTP gets a clean close.
+
+    Resolved dynamically so the edge, passthrough and their tests stand on their own while the
+    engine is developed beside them.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self.table: Any = importlib.import_module("dataplane.http.table")
+            self.connection: Any = importlib.import_module("dataplane.http.connection")
+            self.available = True
+        except ImportError as exc:
+            log.warning("HTTP engine not available; terminated connections will be closed", extra={"error": str(exc)})
+            self.table = self.connection = None
+            self.available = False
+
+
+class _Closing(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+@dataclass(frozen=True)
+class _Applied:
+    snapshot: Snapshot
+    checksum: str | None
+    edge: EdgeState
+    http_table: Any
+    verified: frozenset[str]  # content ids of PEM material already loaded once
+
+
+class DataPlane:
+    def __init__(self, config: DataPlaneConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.fallback = generate_fallback_certificate()
+        self.tracker = Tracker()
+        self._engine = _Engine()
+        self._http_settings = self._make_http_settings()
+        self._ready = False
+        initial = self._build(Snapshot(), None, frozenset())
+        if isinstance(initial, list):  # pragma: no cover - an empty snapshot always builds
+            raise RuntimeError("cannot build the empty state: " + "; ".join(initial))
+        self._applied = replace(initial, checksum=None)  # nothing applied yet: report no checksum
+        settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout)
+        self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
+        self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
+        self._admin: Any = None
+        self._started = False
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._applied.snapshot.generation
+
+    @property
+    def checksum(self) -> str | None:
+        return self._applied.checksum
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._applied.snapshot
+
+    @property
+    def https_port(self) -> int:
+        return self._https.port
+
+    @property
+    def http_port(self) -> int:
+        return self._http.port
+
+    @property
+    def admin_port(self) -> int:
+        return int(self._admin.port) if self._admin is not None else 0
+
+    @property
+    def live_connections(self) -> int:
+        return self.tracker.live
+
+    def _edge_state(self) -> EdgeState:
+        return self._applied.edge
+
+    # --- apply --------------------------------------------------------------------------------
+
+    def apply(self, snapshot: Snapshot) -> list[str]:
+        """Validate, build, swap. Returns the reasons it was refused (empty: applied)."""
+        started = time.perf_counter()
+        try:
+            result = self._build(snapshot, self._applied, self._applied.verified)
+        except Exception as exc:  # a bug in a builder must refuse the snapshot, not kill the data plane
+            log.exception("snapshot build failed")
+            result = [f"internal error while building the snapshot: {type(exc).__name__}: {exc}"]
+        if isinstance(result, list):
+            self.metrics.snapshot_applies.labels("invalid").inc()
+            log.warning("snapshot refused", extra={"generation": snapshot.generation, "errors": result[:20]})
+            return result
+        self._applied = result
+        self._ready = True
+        self.metrics.snapshot_generation.set(snapshot.generation)
+        self.metrics.snapshot_applies.labels("applied").inc()
+        self.metrics.snapshot_apply_seconds.observe(time.perf_counter() - started)
+        self._report_certificates(snapshot)
+        log.info("snapshot applied", extra={"generation": snapshot.generation, "checksum": result.checksum})
+        return []
+
+    def _build(self, snapshot: Snapshot, previous: _Applied | None, verified: frozenset[str]) -> _Applied | list[str]:
+        errors = validate(snapshot, check_pem=False)
+        if errors:
+            return errors
+        seen = set()
+        for cert in snapshot.certificates:  # OpenSSL-load only material this process has not loaded yet
+            key = content_id(cert.cert_pem, cert.key_pem)
+            if key not in verified:
+                errors.extend(f"certificate {cert.id}: {p}" for p in pem.check_key_pair(cert.cert_pem, cert.key_pem))
+            seen.add(key)
+        for ca in snapshot.ca_bundles:
+            key = content_id(ca.pem, ca.crl_pem)
+            if key not in verified:
+                errors.extend(f"CA bundle {ca.id}: {p}" for p in pem.check_ca_bundle(ca.pem, ca.crl_pem))
+            seen.add(key)
+        if errors:
+            return errors
+        tls, tls_errors = build_tls_table(snapshot, self.fallback, previous.edge.tls if previous else None)
+        if tls is None:
+            return tls_errors
+        http_table = self._build_http(snapshot, previous.http_table if previous else None)
+        edge = EdgeState(snapshot, tls, self._app_factory(http_table), self._picker_factory(http_table))
+        checksum = snapshot.checksum or snapshot.canonical().checksum
+        return _Applied(snapshot, checksum, edge, http_table, frozenset(seen))
+
+    def _make_http_settings(self) -> Any:
+        if not self._engine.available:
+            return None
+        return self._engine.table.HTTPSettings(https_redirect_port=self.config.https_redirect_port)
+
+    def _build_http(self, snapshot: Snapshot, previous: Any) -> Any:
+        if not self._engine.available:
+            return None
+        return self._engine.table.build_http_table(snapshot, previous, self.metrics, self._http_settings)
+
+    def _app_factory(self, http_table: Any) -> Any:
+        engine = self._engine
+        metrics = self.metrics
+        if not engine.available:
+            return lambda accepted: _Closing()
+        conn = engine.connection
+
+        def app(accepted: Accepted) -> asyncio.Protocol:
+            client_cert = None
+            if accepted.peer_cert is not None:
+                client_cert = conn.ClientCert(True, accepted.peer_cert.subject_dn, accepted.peer_cert.issuer_dn,
+                                              accepted.peer_cert.pem)
+            info = conn.ConnectionInfo(accepted.scheme, accepted.client_addr, accepted.server_port, accepted.sni,
+                                       accepted.row, client_cert)
+            protocol: asyncio.Protocol = conn.HTTPProtocol(http_table, info, metrics)
+            return protocol
+
+        return app
+
+    def _picker_factory(self, http_table: Any) -> Any:
+        pools = getattr(http_table, "pools", None) or {}
+        fallback: dict[str, RoundRobin] = {}
+
+        def picker(pool: Pool) -> EndpointPicker:
+            found = pools.get(pool.id)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+            if pool.id not in fallback:
+                fallback[pool.id] = RoundRobin(pool)
+            return fallback[pool.id]
+
+        return picker
+
+    def _report_certificates(self, snapshot: Snapshot) -> None:
+        gauge = self.metrics.certificate_not_after
+        gauge.clear()
+        for cert in snapshot.certificates:
+            if cert.not_after:
+                gauge.labels(cert.id, ",".join(cert.names)[:200]).set(cert.not_after)
+        if snapshot.default_certificate_id is None:
+            gauge.labels(self.fallback.id, "fallback").set(self.fallback.not_after)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the HTTPS, HTTP and admin listeners (port 0: the kernel picks; read the properties)."""
+        from dataplane.admin import AdminServer  # admin imports aiohttp; keep runtime importable without it
+
+        cfg = self.config
+        if cfg.admin_enabled:
+            self._admin = AdminServer(self, cfg)
+            self._admin.check_config()
+        try:
+            await self._https.start(cfg.bind, cfg.https_port, cfg.reuse_port)
+            await self._http.start(cfg.bind, cfg.http_port, cfg.reuse_port)
+            if self._admin is not None:
+                await self._admin.start()
+        except BaseException:
+            await self.stop(drain_timeout=0)
+            raise
+        self._started = True
+        log.info("data plane listening", extra={"bind": cfg.bind, "https_port": self.https_port,
+                                                "http_port": self.http_port, "admin_port": self.admin_port})
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let live connections finish for up to ``drain_timeout``, then close the rest."""
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self._https.stop_accepting()
+        self._http.stop_accepting()
+        self.tracker.close_pending()
+        deadline = time.monotonic() + timeout
+        while self.tracker.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.tracker.abort_all()
+        await self._https.wait_tasks()
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
+        self._started = False
+
+    @property
+    def tls_table(self) -> TLSTable:
+        return self._applied.edge.tls

@@ -1,0 +1,235 @@
+"""Server-side TLS at the edge: the SNI table, certificate choice, and cached ``SSLContext``s.
+
+A ``TLSTable`` is built once per snapshot and never changes. Contexts are keyed by the *content*
+of what goes into them (certificate and key bytes, minimum version, client CA bytes and mode), not
+by ids the snapshot asserts, so an apply that does not change a certificate reuses the very same
+context object: no key reload, and session tickets issued before the apply stay valid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from dataplane import pem
+from dataplane.snapshot import CABundle, Certificate, ClientAuth, Snapshot, TLSHost, TLSVersion, content_id
+
+log = logging.getLogger(__name__)
+
+ALPN_PROTOCOLS = ["http/1.1"]
+# Mozilla "intermediate": forward secrecy and AEAD only for TLS 1.2 (TLS 1.3 suites are all good).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
+FALLBACK_NAME = "Portcullis Fallback Certificate"
+
+
+def generate_fallback_certificate(days: int = 365) -> Certificate:
+    """A self-signed certificate for hosts that name none (as ingress-nginx's fake certificate).
+
+    Made at start and never written to disk; clients will not trust it, which is the point: it
+    lets a misconfigured host fail visibly instead of closing connections.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FALLBACK_NAME)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return Certificate(
+        content_id(cert_pem, key_pem), cert_pem, key_pem, (), int(cert.not_valid_after_utc.timestamp())
+    )
+
+
+@dataclass(frozen=True)
+class ContextKey:
+    certificate: str  # content id of cert + key
+    min_version: TLSVersion
+    client_ca: str | None = None  # content id of CA + CRL
+    client_mode: str | None = None
+    verify_depth: int = 1
+
+
+def server_context(
+    certificate: Certificate, min_version: TLSVersion = "1.2", client_auth: ClientAuth | None = None,
+    client_ca: CABundle | None = None,
+) -> ssl.SSLContext:
+    """A hardened server context; raises ``ssl.SSLError`` when the PEM does not load."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.set_alpn_protocols(ALPN_PROTOCOLS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
+    pem.load_key_pair(ctx, certificate.cert_pem, certificate.key_pem)
+    if client_auth is not None and client_ca is not None:
+        pem.load_trust(ctx, client_ca.pem, client_ca.crl_pem)
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_auth.mode == "required" else ssl.CERT_OPTIONAL
+        if not set_verify_depth(ctx, client_auth.verify_depth):
+            log.warning("client certificate verify depth not set; OpenSSL's default (100) applies",
+                        extra={"verify_depth": client_auth.verify_depth})
+    return ctx
+
+
+def set_verify_depth(ctx: ssl.SSLContext, depth: int) -> bool:
+    """``SSL_CTX_set_verify_depth``, which Python's ssl module does not expose.
+
+    Reaches the ``SSL_CTX*`` behind the context object through ctypes, guarded so that it only
+    acts when the libssl it loads is the one ``_ssl`` uses (same version number) and the pointer
+    reads back OpenSSL's untouched default. Otherwise the depth is left at OpenSSL's default and
+    the caller is told (False) so it can log it.
+    """
+    try:
+        lib = _libssl()
+        if lib is None:
+            return False
+        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not ptr:
+            return False
+        if lib.SSL_CTX_get_verify_depth(ptr) != -1:  # a fresh SSL_CTX says -1; anything else: wrong pointer
+            return False
+        lib.SSL_CTX_set_verify_depth(ptr, depth)
+        return bool(lib.SSL_CTX_get_verify_depth(ptr) == depth)
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+_LIBSSL: list[ctypes.CDLL | None] = []
+
+
+def _libssl() -> ctypes.CDLL | None:
+    if _LIBSSL:
+        return _LIBSSL[0]
+    lib: ctypes.CDLL | None = None
+    for name in ("libssl.so.3", "libssl.so.1.1", "libssl.so"):
+        try:
+            candidate = ctypes.CDLL(name)
+            candidate.OpenSSL_version_num.restype = ctypes.c_ulong
+            if candidate.OpenSSL_version_num() == ssl.OPENSSL_VERSION_NUMBER:
+                candidate.SSL_CTX_get_verify_depth.argtypes = [ctypes.c_void_p]
+                candidate.SSL_CTX_get_verify_depth.restype = ctypes.c_int
+                candidate.SSL_CTX_set_verify_depth.argtypes = [ctypes.c_void_p, ctypes.c_int]
+                candidate.SSL_CTX_set_verify_depth.restype = None
+                lib = candidate
+                break
+        except (OSError, AttributeError):
+            continue
+    _LIBSSL.append(lib)
+    return lib
+
+
+@dataclass(frozen=True)
+class TLSTable:
+    """The SNI table of one snapshot and the contexts its rows handshake with."""
+
+    exact: Mapping[str, TLSHost]
+    wildcard: Mapping[str, TLSHost]  # key: the suffix after "*."
+    host_contexts: Mapping[str, ssl.SSLContext]  # terminate rows by host
+    default_context: ssl.SSLContext
+    contexts: Mapping[ContextKey, ssl.SSLContext] = field(default_factory=dict)  # the cache to carry over
+
+    def lookup(self, sni: str | None) -> TLSHost | None:
+        """Exact name, then a single-label wildcard; None means the default certificate."""
+        if not sni:
+            return None
+        row = self.exact.get(sni)
+        if row is not None:
+            return row
+        _, dot, parent = sni.partition(".")
+        return self.wildcard.get(parent) if dot and parent else None
+
+    def context_for(self, row: TLSHost | None) -> ssl.SSLContext:
+        if row is None:
+            return self.default_context
+        return self.host_contexts.get(row.host, self.default_context)
+
+
+def build_tls_table(
+    snapshot: Snapshot, fallback: Certificate, previous: TLSTable | None = None
+) -> tuple[TLSTable | None, list[str]]:
+    """Build every context the snapshot needs, reusing ``previous``'s by content; (None, errors) on failure."""
+    old = previous.contexts if previous is not None else {}
+    contexts: dict[ContextKey, ssl.SSLContext] = {}
+    errors: list[str] = []
+    certs = {c.id: c for c in snapshot.certificates}
+    cas = {c.id: c for c in snapshot.ca_bundles}
+    default_cert = certs.get(snapshot.default_certificate_id or "", fallback)
+
+    def context(cert: Certificate, min_version: TLSVersion, auth: ClientAuth | None) -> ssl.SSLContext | None:
+        ca = cas.get(auth.ca_id) if auth is not None else None
+        key = ContextKey(
+            content_id(cert.cert_pem, cert.key_pem), min_version,
+            content_id(ca.pem, ca.crl_pem) if ca is not None else None,
+            auth.mode if auth is not None else None,
+            auth.verify_depth if auth is not None else 1,
+        )
+        found = contexts.get(key) or old.get(key)
+        if found is None:
+            try:
+                found = server_context(cert, min_version, auth, ca)
+            except (ssl.SSLError, ValueError, OSError) as exc:
+                errors.append(f"certificate {cert.id}: cannot load into OpenSSL ({exc})")
+                return None
+        contexts[key] = found
+        return found
+
+    default_context = context(default_cert, "1.2", None)
+    exact: dict[str, TLSHost] = {}
+    wildcard: dict[str, TLSHost] = {}
+    host_contexts: dict[str, ssl.SSLContext] = {}
+    for row in snapshot.tls_hosts:
+        if row.host.startswith("*."):
+            wildcard[row.host[2:]] = row
+        else:
+            exact[row.host] = row
+        if row.mode != "terminate":
+            continue
+        if row.client_auth is not None and row.client_auth.ca_id not in cas:
+            errors.append(f"TLS host {row.host!r}: client CA {row.client_auth.ca_id} is not in the snapshot")
+            continue
+        ctx = context(certs.get(row.certificate_id or "", default_cert), row.min_version, row.client_auth)
+        if ctx is not None:
+            host_contexts[row.host] = ctx
+    if errors or default_context is None:
+        return None, errors or ["default certificate does not load"]
+    return TLSTable(exact, wildcard, host_contexts, default_context, contexts), []
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    subject_dn: str
+    issuer_dn: str
+    pem: str
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate | None:
+    """The client's certificate after a verified handshake (RFC 4514 DNs, as nginx reports them)."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return PeerCertificate(cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(),
+                               ssl.DER_cert_to_PEM_cert(der))
+    except ValueError:
+        return None
