@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dataplane import pem
-from dataplane.edge import Accepted, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
+from dataplane.edge import Accepted, AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
 from dataplane.metrics import Metrics
 from dataplane.passthrough import EndpointPicker, RoundRobin
 from dataplane.snapshot import Pool, Snapshot, content_id, validate
@@ -79,8 +79,11 @@ class _Applied:
 
 
 class DataPlane:
-    def __init__(self, config: DataPlaneConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: DataPlaneConfig, metrics: Metrics | None = None,
+                 app: AppFactory | None = None) -> None:
+        """``app`` replaces the HTTP engine behind both listeners (tests and tools that speak another protocol)."""
         self.config = config
+        self._app_override = app
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = Tracker()
@@ -195,6 +198,8 @@ class DataPlane:
     def _app_factory(self, http_table: Any) -> Any:
         engine = self._engine
         metrics = self.metrics
+        if self._app_override is not None:
+            return self._app_override
         if not engine.available:
             return lambda accepted: _Closing()
         conn = engine.connection
