@@ -1,0 +1,511 @@
+"""The client side of the reverse proxy: one ``HTTPProtocol`` per client connection.
+
+A protocol class, not streams: every step is a callback, and the common case (keep-alive request to
+a backend with an idle pooled connection) runs without creating a task, a future or a timer.
+Requests are handled one at a time: bytes of a pipelined next request wait in the buffer (reading
+paused beyond ``max_body_buffer``) until the current response is done, so the backend never sees
+two requests at once and a framing error can never leak a second request.
+
+Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
+write buffer pauses reading from the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dataplane.http.headers import (
+    CHUNKED,
+    NO_BODY,
+    UNTIL_CLOSE,
+    client_response_head,
+    connection_block,
+    request_id,
+    response_framing,
+    upstream_request_head,
+)
+from dataplane.http.info import ClientCert, ConnectionInfo, client_cert_from_ssl, complete_info
+from dataplane.http.parser import (
+    LAST_CHUNK,
+    ChunkedDecoder,
+    ParseError,
+    RequestHead,
+    ResponseHead,
+    chunk,
+    parse_request_head,
+)
+from dataplane.http.responses import REASONS, local_response
+from dataplane.http.table import NO_HOST_LABEL, HTTPTable, Local
+from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection
+from dataplane.metrics import Metrics
+from dataplane.snapshot import Endpoint
+
+__all__ = ["ClientCert", "ConnectionInfo", "HTTPProtocol", "client_cert_from_ssl"]
+
+log = logging.getLogger(__name__)
+
+_IDLE, _REQUEST, _TUNNEL, _CLOSED = range(4)
+_P_BUFFER, _P_UPSTREAM = 1, 2
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """HTTP/1.1 reverse proxy for one client connection (plain, or already-decrypted TLS).
+
+    ``info`` carries what the edge decided (scheme, SNI row, client certificate); an empty
+    ``client_addr`` or a zero ``server_port`` is read from the transport in ``connection_made``, and
+    on a transport that did its own TLS handshake the client certificate is read from it too.
+    """
+
+    def __init__(self, table: HTTPTable, info: ConnectionInfo, metrics: Metrics) -> None:
+        self._table = table
+        self._settings = table.settings
+        self._info = info
+        self._metrics = metrics
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._state = _IDLE
+        self._paused = 0
+        self._client_write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._https = info.scheme == "https"
+        self._tls_row = info.tls_host.host if info.tls_host is not None else None
+        self._client_ip = ""
+        self._block = b""
+        # the current exchange
+        self._req: RequestHead | None = None
+        self._upstream: Upstream | None = None
+        self._conn: UpstreamConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._up_head = b""
+        self._body_left = 0
+        self._decoder: ChunkedDecoder | None = None
+        self._req_done = True
+        self._resp_started = False
+        self._framing = NO_BODY
+        self._keep_alive = True
+        self._tried: list[Endpoint] = []
+        self._last_error: ConnectError | None = None
+        self._reused = False
+        self._retried = False
+        self._started = 0.0
+        self._label = NO_HOST_LABEL
+        self._hsts: bytes | None = None
+
+    # --- asyncio callbacks: client side ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._info = info = complete_info(self._info, transport)
+        self._client_ip = info.client_addr[0]
+        self._block = connection_block(info)
+        self._enter_idle(self._settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _TUNNEL:
+            if self._conn is not None:
+                self._conn.write(data)
+            return
+        if state == _CLOSED:
+            return
+        if state == _IDLE:
+            if not self._buf:
+                self._deadline = self._now() + self._settings.header_timeout
+            self._buf += data
+            self._process()
+            return
+        buf = self._buf
+        if self._conn is not None and not self._req_done:
+            if not buf and self._decoder is None and len(data) <= self._body_left:
+                self._body_left -= len(data)  # fast path: forward without copying
+                self._conn.write(data)
+                if self._body_left == 0:
+                    self._request_sent()
+                return
+            buf += data
+            self._pump_body()
+        else:
+            buf += data
+        if len(buf) > self._settings.max_body_buffer:
+            self._pause(_P_BUFFER)
+
+    def eof_received(self) -> bool | None:
+        conn = self._conn
+        up = conn.transport if conn is not None else None
+        if self._state == _TUNNEL and up is not None and up.can_write_eof():
+            up.write_eof()  # half-close through the tunnel
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _CLOSED
+        self._cancel_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            if self._upstream is not None:
+                self._upstream.balancer.finished(conn.endpoint)
+            conn.close()
+
+    def pause_writing(self) -> None:
+        self._client_write_paused = True
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client_write_paused = False
+        if self._conn is not None:
+            self._conn.resume_reading()
+
+    # --- request heads ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Parse and start requests while the connection is idle and a whole head is buffered."""
+        settings = self._settings
+        while self._state == _IDLE and self._buf:
+            buf = self._buf
+            if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
+                stripped = buf.lstrip(b"\r\n")
+                del buf[: len(buf) - len(stripped)]
+                if not buf:
+                    return
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                first = buf.find(b"\r\n")
+                if first < 0:
+                    if len(buf) > settings.max_request_line:
+                        self._reply(414, "request line too long", close=True)
+                elif first > settings.max_request_line:
+                    self._reply(414, "request line too long", close=True)
+                elif len(buf) - first > settings.max_header_bytes:
+                    self._reply(431, "request headers too large", close=True)
+                return
+            head = bytes(buf[:end])
+            del buf[: end + 4]
+            try:
+                req = parse_request_head(head, settings.max_request_line, settings.max_header_bytes)
+            except ParseError as exc:
+                self._reply(exc.status, exc.reason, close=True)
+                return
+            self._handle(req)
+
+    def _handle(self, req: RequestHead) -> None:
+        self._state = _REQUEST
+        self._req = req
+        self._started = self._now()
+        decision = self._table.route(req, self._https, self._tls_row)
+        if isinstance(decision, Local):
+            self._label = decision.label
+            extra = ((b"Location", decision.location),) if decision.location is not None else ()
+            self._reply(decision.status, decision.message, close=req.has_body or not req.keep_alive, extra=extra)
+            return
+        vhost = decision.vhost
+        self._label = vhost.label
+        self._hsts = vhost.hsts if self._https else None
+        upstream = self._table.upstreams.get(decision.pool_id)
+        if upstream is None:
+            self._reply(503, "no ready endpoint", close=req.has_body or not req.keep_alive)
+            return
+        self._upstream = upstream
+        self._keep_alive = req.keep_alive
+        self._body_left = req.content_length if req.content_length > 0 else 0
+        self._decoder = ChunkedDecoder() if req.chunked else None
+        self._req_done = not req.has_body
+        self._resp_started = False
+        self._tried = []
+        self._last_error = None
+        self._retried = False
+        self._up_head = upstream_request_head(req, self._block, request_id(req.request_id))
+        self._send(fresh=False)
+
+    # --- choosing and reaching an upstream ------------------------------------------------------
+
+    def _send(self, fresh: bool) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        if len(self._tried) >= self._settings.max_connect_attempts:
+            ep = None
+        else:
+            ep = upstream.balancer.pick(self._client_ip, self._tried)
+        if ep is None:
+            err = self._last_error
+            if err is not None:
+                self._fail(err.status, err.message)
+            else:
+                self._fail(503, "no ready endpoint")
+            return
+        if not fresh:
+            conn = upstream.take_idle(ep)
+            if conn is not None:
+                self._attach(conn, reused=True)
+                return
+        assert self._loop is not None
+        self._connecting = self._loop.create_task(self._connect(upstream, ep))
+
+    async def _connect(self, upstream: Upstream, ep: Endpoint) -> None:
+        try:
+            conn = await upstream.connect(ep)
+        except ConnectError as err:
+            self._connecting = None
+            if self._state != _REQUEST:
+                return
+            self._tried.append(ep)
+            self._last_error = err
+            self._send(fresh=True)
+            return
+        self._connecting = None
+        if self._state != _REQUEST:
+            conn.close()
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        req = self._req
+        upstream = self._upstream
+        assert req is not None and upstream is not None
+        self._conn = conn
+        self._reused = reused
+        upstream.balancer.started(conn.endpoint)
+        conn.start(self, self._up_head, req.method == b"HEAD")
+        if self._client_write_paused:
+            conn.pause_reading()
+        if not self._req_done and self._buf:
+            self._pump_body()
+
+    # --- request bodies ---------------------------------------------------------------------
+
+    def _pump_body(self) -> None:
+        conn = self._conn
+        buf = self._buf
+        if conn is None or self._req_done or not buf:
+            return
+        decoder = self._decoder
+        if decoder is None:
+            n = self._body_left
+            if len(buf) <= n:
+                conn.write(bytes(buf))
+                self._body_left = n - len(buf)
+                buf.clear()
+            else:
+                conn.write(bytes(buf[:n]))
+                del buf[:n]
+                self._body_left = 0
+            if self._body_left == 0:
+                self._request_sent()
+        else:
+            out: list[bytes] = []
+            try:
+                used = decoder.feed(bytes(buf), out)
+            except ParseError as exc:
+                self._body_error(exc)
+                return
+            del buf[:used]
+            if out:
+                conn.write(chunk(b"".join(out)) if len(out) > 1 else chunk(out[0]))
+            if decoder.done:
+                conn.write(LAST_CHUNK)
+                self._request_sent()
+        if self._paused & _P_BUFFER and len(buf) <= self._settings.max_body_buffer:
+            self._unpause(_P_BUFFER)
+
+    def _request_sent(self) -> None:
+        self._req_done = True
+
+    def _body_error(self, exc: ParseError) -> None:
+        """A malformed request body: the backend has a partial request, so that connection goes."""
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            if self._upstream is not None:
+                self._upstream.balancer.finished(conn.endpoint)
+            conn.abort()
+        if self._resp_started:
+            self._close()
+        else:
+            self._reply(exc.status, exc.reason, close=True)
+
+    # --- upstream events (ResponseSink) ---------------------------------------------------------
+
+    def upstream_head(self, resp: ResponseHead) -> None:
+        req = self._req
+        transport = self._transport
+        assert req is not None and transport is not None
+        status = resp.status
+        if status < 200 and status != 101:
+            if req.version == 11:
+                transport.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, REASONS.get(status, resp.reason)))
+            return
+        if status == 101:
+            if not req.upgrade:
+                self._lost_before_response(502, "bad_response", "upstream switched protocols unasked")
+                return
+            upgrade = next((line.partition(b":")[2].strip() for name, line in resp.headers if name == b"upgrade"),
+                           req.upgrade)
+            transport.write(client_response_head(resp, NO_BODY, True, req.version, self._hsts, upgrade))
+            self._state = _TUNNEL
+            self._resp_started = True
+            self._table.count(self._label, status)
+            conn = self._conn
+            if conn is not None and self._buf:
+                conn.write(bytes(self._buf))
+                self._buf.clear()
+            self._unpause(_P_BUFFER)
+            return
+        self._resp_started = True
+        framing = response_framing(req.method == b"HEAD", resp, req.version)
+        keep = self._keep_alive and framing != UNTIL_CLOSE and self._req_done
+        self._keep_alive = keep
+        self._framing = framing
+        transport.write(client_response_head(resp, framing, keep, req.version, self._hsts))
+        self._table.count(self._label, status)
+        self._table.observe(self._label, self._now() - self._started)
+
+    def upstream_body(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._framing == CHUNKED:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+
+    def upstream_done(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._framing == CHUNKED:
+            transport.write(LAST_CHUNK)
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            if self._upstream is not None:
+                self._upstream.balancer.finished(conn.endpoint)
+            conn.release(self._req_done)
+        if not self._keep_alive or not self._req_done or self._state != _REQUEST:
+            self._close()
+            return
+        self._enter_idle(self._settings.keepalive_timeout)
+        self._unpause(_P_BUFFER | _P_UPSTREAM)
+        if self._buf:
+            self._deadline = self._now() + self._settings.header_timeout
+            self._process()
+
+    def upstream_lost(self, status: int, reason: str, message: str) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is not None and self._upstream is not None:
+            self._upstream.balancer.finished(conn.endpoint)
+        if self._state == _TUNNEL or self._resp_started:
+            self._close()  # a response already under way cannot become an error response
+            return
+        req = self._req
+        if (
+            reason == "closed" and self._reused and not self._retried and conn is not None and not conn.got_bytes
+            and req is not None and req.method in _IDEMPOTENT and not req.has_body
+        ):
+            # A pooled connection the backend closed while it sat idle: one retry on a fresh one.
+            self._retried = True
+            self._send(fresh=True)
+            return
+        self._lost_before_response(status, reason, message)
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def upstream_pause_writing(self) -> None:
+        self._pause(_P_UPSTREAM)
+
+    def upstream_resume_writing(self) -> None:
+        self._unpause(_P_UPSTREAM)
+
+    def _lost_before_response(self, status: int, reason: str, message: str) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            if self._upstream is not None:
+                self._upstream.balancer.finished(conn.endpoint)
+            conn.abort()
+        if reason == "closed" and self._upstream is not None:
+            self._upstream.failure(reason)
+        self._fail(status, message)
+
+    # --- local responses and connection state ---------------------------------------------------
+
+    def _fail(self, status: int, message: str) -> None:
+        req = self._req
+        close = req is None or not self._req_done or not req.keep_alive
+        self._reply(status, message, close=close)
+
+    def _reply(self, status: int, message: str, close: bool, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        transport = self._transport
+        if transport is None or self._state == _CLOSED:
+            return
+        req = self._req if self._state == _REQUEST else None
+        head_only = req is not None and req.method == b"HEAD"
+        transport.write(local_response(status, message, close, extra, head_only))
+        self._table.count(self._label if req is not None else NO_HOST_LABEL, status)
+        if status >= 500:
+            log.debug("proxy error", extra={"status": status, "reason": message, "host": self._label})
+        if close:
+            self._close()
+        else:
+            self._enter_idle(self._settings.keepalive_timeout)
+
+    def _enter_idle(self, timeout: float) -> None:
+        self._state = _IDLE
+        self._req = None
+        self._upstream = None
+        self._label = NO_HOST_LABEL
+        self._deadline = self._now() + timeout
+        if self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_later(timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state != _IDLE or self._loop is None:
+            return  # re-armed when the connection becomes idle again
+        remaining = self._deadline - self._loop.time()
+        if remaining > 0:
+            self._timer = self._loop.call_later(remaining, self._on_timer)
+            return
+        self._close()
+
+    def _close(self) -> None:
+        self._state = _CLOSED
+        self._cancel_timer()
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            if self._upstream is not None:
+                self._upstream.balancer.finished(conn.endpoint)
+            conn.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause(self, flag: int) -> None:
+        if not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+        self._paused |= flag
+
+    def _unpause(self, flag: int) -> None:
+        if not self._paused:
+            return
+        self._paused &= ~flag
+        if not self._paused and self._transport is not None and self._state != _CLOSED:
+            self._transport.resume_reading()
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0

@@ -1,0 +1,140 @@
+"""Header rewriting between client and upstream (pure).
+
+The edge is the trust boundary: anything a client sends that claims to describe the connection
+(``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, the ``ssl-client-*`` certificate headers) is
+dropped and, where the proxy knows the truth, replaced. The parts that do not change during a
+connection are rendered once per connection (``connection_block``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+
+from dataplane.http.info import ConnectionInfo
+from dataplane.http.parser import RequestHead, ResponseHead
+
+CRLF = b"\r\n"
+
+# Hop-by-hop (RFC 9110 7.6.1) plus the framing headers the proxy re-creates itself.
+_HOP = frozenset({
+    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length",
+})
+_REQUEST_DROP = _HOP | frozenset({
+    b"host", b"forwarded", b"x-real-ip", b"x-request-id",
+    b"ssl-client-verify", b"ssl-client-subject-dn", b"ssl-client-issuer-dn", b"ssl-client-cert",
+})
+_REQUEST_DROP_PREFIXES = (b"proxy-", b"x-forwarded-", b"ssl-client-")
+_RESPONSE_DROP_PREFIXES = (b"proxy-",)
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:=+/@-]{1,128}")
+
+CERT_HEADER_NAMES = ("ssl-client-verify", "ssl-client-subject-dn", "ssl-client-issuer-dn", "ssl-client-cert")
+
+# Response body framing towards the client.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+
+
+def _safe(value: str) -> bytes:
+    """Header-safe bytes: no CR/LF/NUL can reach the upstream through a certificate field."""
+    return value.replace("\r", " ").replace("\n", " ").replace("\0", " ").encode("utf-8", "replace")
+
+
+def connection_block(info: ConnectionInfo) -> bytes:
+    """The forwarding headers that are the same for every request on one client connection."""
+    ip = info.client_addr[0].encode()
+    lines = [
+        b"X-Forwarded-For: " + ip,
+        b"X-Real-IP: " + ip,
+        b"X-Forwarded-Proto: " + info.scheme.encode(),
+        b"X-Forwarded-Port: %d" % info.server_port,
+    ]
+    row = info.tls_host
+    if info.scheme == "https" and row is not None and row.client_auth is not None and row.client_auth.forward_headers:
+        cert = info.client_cert
+        if cert is None:
+            lines.append(b"ssl-client-verify: NONE")
+        elif not cert.verified:
+            lines.append(b"ssl-client-verify: FAILED")
+        else:
+            lines.append(b"ssl-client-verify: SUCCESS")
+            lines.append(b"ssl-client-subject-dn: " + _safe(cert.subject_dn))
+            lines.append(b"ssl-client-issuer-dn: " + _safe(cert.issuer_dn))
+            lines.append(b"ssl-client-cert: " + urllib.parse.quote(cert.pem, safe="").encode())
+    return CRLF.join(lines) + CRLF
+
+
+def request_id(client_value: bytes) -> bytes:
+    """Keep a sane client X-Request-ID (so traces join up), else a fresh random one."""
+    if client_value and _REQUEST_ID.fullmatch(client_value) is not None:
+        return client_value
+    return os.urandom(16).hex().encode()
+
+
+def upstream_request_head(req: RequestHead, block: bytes, req_id: bytes) -> bytes:
+    """The request head sent to the backend: HTTP/1.1, hop-by-hop and spoofable headers removed."""
+    parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    if req.host:
+        parts += (b"Host: ", req.host, CRLF)
+    conn = req.connection_tokens
+    for lname, line in req.headers:
+        if lname in _REQUEST_DROP or lname.startswith(_REQUEST_DROP_PREFIXES) or lname in conn:
+            continue
+        parts += (line, CRLF)
+    parts.append(block)
+    if req.host:
+        parts += (b"X-Forwarded-Host: ", req.host, CRLF)
+    parts += (b"X-Request-ID: ", req_id, CRLF)
+    if req.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.content_length >= 0:
+        parts.append(b"Content-Length: %d\r\n" % req.content_length)
+    if req.upgrade:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def response_framing(head_request: bool, resp: ResponseHead, client_version: int) -> int:
+    """How the response body reaches the client: length passed through, re-chunked, or until close."""
+    status = resp.status
+    if head_request or status < 200 or status in (204, 304):
+        return NO_BODY
+    if resp.content_length >= 0 and not resp.chunked:
+        return LENGTH
+    return CHUNKED if client_version == 11 else UNTIL_CLOSE
+
+
+def client_response_head(
+    resp: ResponseHead,
+    framing: int,
+    keep_alive: bool,
+    client_version: int,
+    hsts: bytes | None,
+    upgrade: bytes = b"",
+) -> bytes:
+    """The response head for the client; ``upgrade`` set only for a 101 the client asked for."""
+    parts = [b"HTTP/1.1 %d " % resp.status, resp.reason, CRLF]
+    conn = resp.connection_tokens
+    for lname, line in resp.headers:
+        if lname in _HOP or lname.startswith(_RESPONSE_DROP_PREFIXES) or lname in conn:
+            continue
+        if hsts is not None and lname == b"strict-transport-security":
+            continue
+        parts += (line, CRLF)
+    if resp.content_length >= 0 and (framing == LENGTH or (framing == NO_BODY and resp.status >= 200)):
+        parts.append(b"Content-Length: %d\r\n" % resp.content_length)
+    elif framing == CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF)
+    elif resp.status >= 200:
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif client_version == 10:
+            parts.append(b"Connection: keep-alive\r\n")
+    if hsts is not None:
+        parts += (b"Strict-Transport-Security: ", hsts, CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)

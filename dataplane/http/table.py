@@ -1,0 +1,222 @@
+"""The routing table of one snapshot: virtual hosts, routes, upstream pools (built once, then read-only).
+
+Routing is a pure function of (table, request head, connection facts) so it can be tested without
+sockets. The pools are the only state: balancer health, least-conn counters and idle upstream
+connections carry over into the next table when a pool is unchanged, so a snapshot push neither
+forgets a dead endpoint nor throws away warm (TLS) connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataplane.balancer import UpstreamPool
+from dataplane.http.parser import RequestHead
+from dataplane.http.upstream import TLSContextCache, Upstream
+from dataplane.metrics import Metrics
+from dataplane.snapshot import Snapshot, TLSHost, VirtualHost, route_order
+
+log = logging.getLogger(__name__)
+
+ACME_PREFIX = "/.well-known/acme-challenge/"
+NO_HOST_LABEL = "(none)"
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    https_redirect_port: int = 443  # port in the Location of insecure-policy redirects (443 -> omitted)
+    max_header_bytes: int = 32768  # 431 beyond
+    max_request_line: int = 8192  # 414 beyond
+    keepalive_timeout: float = 75.0  # idle client connection between requests
+    header_timeout: float = 30.0  # from the first byte of a request head to its end
+    max_body_buffer: int = 256 * 1024  # client bytes buffered while the upstream is not writable
+    upstream_idle_timeout: float = 30.0  # idle keep-alive connection to a backend
+    max_idle_per_endpoint: int = 64
+    max_connect_attempts: int = 3  # endpoints tried for one request when connects fail
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    vhost: VHostEntry
+    pool_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    status: int
+    message: str
+    location: bytes | None = None
+    label: str = NO_HOST_LABEL
+
+
+@dataclass(frozen=True)
+class VHostEntry:
+    host: str
+    tls: bool
+    insecure_policy: str
+    hsts: bytes | None
+    label: str  # metrics label: the configured host (bounded cardinality), never the raw Host header
+    routes: tuple[tuple[str, bool, str, Forward], ...] = field(default=(), compare=False)
+    no_route: Local = field(default=Local(404, "no route for this path"), compare=False)
+
+    def match(self, path: str) -> Forward | None:
+        """Exact routes, then prefixes by length (snapshot order); prefixes match whole path segments."""
+        for route_path, exact, segment_prefix, forward in self.routes:
+            if exact:
+                if path == route_path:
+                    return forward
+            elif not segment_prefix or path == route_path or path.startswith(segment_prefix):
+                return forward
+        return None
+
+
+def _vhost_entry(vhost: VirtualHost) -> VHostEntry:
+    label = vhost.host or "(default)"
+    entry = VHostEntry(
+        vhost.host, vhost.tls, vhost.insecure_policy, vhost.hsts.encode() if vhost.hsts else None, label,
+        no_route=Local(404, "no route for this path", label=label),
+    )
+    routes: list[tuple[str, bool, str, Forward]] = []
+    for route in sorted(vhost.routes, key=route_order):
+        trimmed = route.path.rstrip("/")
+        if route.path_type == "Exact":
+            routes.append((route.path, True, "", Forward(entry, route.pool_id)))
+        else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
+            routes.append((trimmed, False, trimmed + "/" if trimmed else "", Forward(entry, route.pool_id)))
+    object.__setattr__(entry, "routes", tuple(routes))
+    return entry
+
+
+def host_name(host: bytes) -> str:
+    """Host header -> routing key: port stripped, lower-case, no trailing dot (IPv6 keeps brackets)."""
+    name = host[: host.find(b"]") + 1] if host[:1] == b"[" else host.partition(b":")[0]
+    return name.decode("latin-1").lower().rstrip(".")
+
+
+class HTTPTable:
+    def __init__(
+        self,
+        settings: HTTPSettings,
+        metrics: Metrics,
+        vhosts: Mapping[str, VHostEntry],
+        tls_hosts: Mapping[str, TLSHost],
+        pools: Mapping[str, UpstreamPool],
+        upstreams: Mapping[str, Upstream],
+        tls_contexts: TLSContextCache,
+        generation: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.pools = pools
+        self.upstreams = upstreams
+        self.tls_contexts = tls_contexts
+        self.generation = generation
+        self._exact = {h: v for h, v in vhosts.items() if not h.startswith("*.")}
+        self._wildcard = {h[2:]: v for h, v in vhosts.items() if h.startswith("*.")}
+        self._default = self._exact.pop("", None)
+        self._tls_exact = {h: r for h, r in tls_hosts.items() if not h.startswith("*.")}
+        self._tls_wildcard = {h[2:]: r for h, r in tls_hosts.items() if h.startswith("*.")}
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._histograms: dict[str, Any] = {}
+        self._port_suffix = b"" if settings.https_redirect_port == 443 else b":%d" % settings.https_redirect_port
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def vhost(self, host: str) -> VHostEntry | None:
+        """Exact host, then a single-label wildcard, then the default ("") virtual host."""
+        entry = self._exact.get(host)
+        if entry is not None:
+            return entry
+        _, dot, parent = host.partition(".")
+        if dot and parent:
+            entry = self._wildcard.get(parent)
+            if entry is not None:
+                return entry
+        return self._default
+
+    def tls_row(self, host: str) -> TLSHost | None:
+        """The SNI-table row this name selects (same rule as the edge: exact, then wildcard)."""
+        row = self._tls_exact.get(host)
+        if row is not None:
+            return row
+        _, dot, parent = host.partition(".")
+        return self._tls_wildcard.get(parent) if dot and parent else None
+
+    def route(self, req: RequestHead, https: bool, tls_row_host: str | None) -> Forward | Local:
+        """Where one request goes, or the response the proxy gives itself."""
+        host = host_name(req.host)
+        if https:
+            row = self.tls_row(host)
+            if (row.host if row is not None else None) != tls_row_host:
+                return _MISDIRECTED
+        vh = self.vhost(host)
+        if vh is None:
+            return _NO_VHOST
+        if not https and vh.tls and vh.insecure_policy != "allow" and not req.path.startswith(ACME_PREFIX):
+            if vh.insecure_policy == "deny":
+                return Local(403, "this host is served over HTTPS only", label=vh.label)
+            location = b"https://" + host.encode("latin-1") + self._port_suffix + req.target
+            return Local(308, "redirecting to HTTPS", location, vh.label)
+        forward = vh.match(req.path)
+        return forward if forward is not None else vh.no_route
+
+    # --- metrics (children cached: label lookups take a lock and a dict walk) ---------------
+
+    def count(self, label: str, status: int) -> None:
+        key = (label, status // 100)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.requests.labels(label, f"{key[1]}xx")
+        child.inc()
+
+    def observe(self, label: str, seconds: float) -> None:
+        child = self._histograms.get(label)
+        if child is None:
+            child = self._histograms[label] = self.metrics.request_duration.labels(label)
+        child.observe(seconds)
+
+
+_MISDIRECTED = Local(421, "this host is not served on this TLS connection")
+_NO_VHOST = Local(404, "no virtual host for this Host")
+
+
+def build_http_table(
+    snapshot: Snapshot, previous: HTTPTable | None, metrics: Metrics, settings: HTTPSettings
+) -> HTTPTable:
+    """Compile a (validated) snapshot. A pool whose spec is unchanged keeps its balancer and idle
+    connections; a changed pool keeps the health of endpoints that remain and, when its TLS settings
+    are the same, their idle connections."""
+    contexts = TLSContextCache(previous.tls_contexts if previous is not None else None)
+    cas = {c.id: c for c in snapshot.ca_bundles}
+    certs = {c.id: c for c in snapshot.certificates}
+    pools: dict[str, UpstreamPool] = {}
+    upstreams: dict[str, Upstream] = {}
+    insecure = 0
+    for spec in snapshot.pools:
+        old = previous.upstreams.get(spec.id) if previous is not None else None
+        if spec.tls is not None and not spec.tls.verify:
+            insecure += 1
+        if old is not None and old.spec == spec:
+            upstreams[spec.id] = old
+            pools[spec.id] = old.balancer
+            continue
+        balancer = UpstreamPool(spec, previous=old.balancer if old is not None else None)
+        ctx: ssl.SSLContext | None = None
+        error = ""
+        if spec.tls is not None:
+            try:
+                ctx = contexts.get(spec.tls, cas, certs)
+            except (ssl.SSLError, ValueError, OSError) as exc:
+                error = f"upstream TLS settings do not load: {exc}"
+                log.warning("pool %s: %s", spec.id, error)
+        carry = old if old is not None and old.spec.tls == spec.tls else None
+        upstreams[spec.id] = Upstream(spec, balancer, ctx, error, settings, metrics, carry)
+        pools[spec.id] = balancer
+    metrics.insecure_upstreams.set(insecure)
+    vhosts = {v.host: _vhost_entry(v) for v in snapshot.virtual_hosts}
+    tls_hosts = {h.host: h for h in snapshot.tls_hosts}
+    return HTTPTable(settings, metrics, vhosts, tls_hosts, pools, upstreams, contexts, snapshot.generation)

@@ -1,0 +1,463 @@
+"""Connections to backends: connect (plain TCP for offload, verified TLS for reencrypt), keep idle
+connections per endpoint, and parse responses into events for the client side.
+
+Reencrypt must reuse connections: the handshake is the expensive part of TLS, so a pool keeps a
+bounded LIFO stack of idle connections per endpoint (most recently used first: least likely to have
+been closed by the backend) and sweeps the expired ones. Each ``SSLContext`` is shared by every
+pool with the same (CA, verify, client certificate, minimum version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from dataplane import pem
+from dataplane.balancer import UpstreamPool
+from dataplane.http.parser import ChunkedDecoder, ParseError, ResponseHead, parse_response_head
+from dataplane.metrics import Metrics
+from dataplane.snapshot import CABundle, Certificate, Endpoint, Pool, UpstreamTLS
+
+if TYPE_CHECKING:
+    from dataplane.http.table import HTTPSettings
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_HEAD = 65536
+
+_IDLE, _WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF, _DONE, _TUNNEL, _CLOSED = range(8)
+
+
+class ConnectError(Exception):
+    """A connect that failed before anything was sent: safe to try another endpoint."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to the client side that owns it for one exchange."""
+
+    def upstream_head(self, resp: ResponseHead) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_done(self) -> None: ...
+    def upstream_lost(self, status: int, reason: str, message: str) -> None: ...
+    def upstream_tunnel(self, data: bytes) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+# --- TLS contexts ------------------------------------------------------------------------------
+
+
+def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certificate | None) -> ssl.SSLContext:
+    """A client context that verifies the backend by ``tls.server_name`` (SNI and check use the same name)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    if tls.verify:
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ca is not None:
+            pem.load_trust(ctx, ca.pem, ca.crl_pem)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if client_cert is not None:
+        pem.load_key_pair(ctx, client_cert.cert_pem, client_cert.key_pem)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class TLSContextCache:
+    """Contexts by (CA id, verify, client certificate id, minimum version); ids are content hashes,
+    so equal keys mean equal material and a context can be reused across snapshots."""
+
+    def __init__(self, previous: TLSContextCache | None = None) -> None:
+        self._old = previous._contexts if previous is not None else {}
+        self._contexts: dict[tuple[str | None, bool, str | None, str], ssl.SSLContext] = {}
+
+    def get(
+        self, tls: UpstreamTLS, cas: Mapping[str, CABundle], certs: Mapping[str, Certificate]
+    ) -> ssl.SSLContext:
+        key = (tls.ca_id, tls.verify, tls.client_cert_id, tls.min_version)
+        ctx = self._contexts.get(key) or self._old.get(key)
+        if ctx is None:
+            ca = cas.get(tls.ca_id) if tls.ca_id is not None else None
+            if tls.ca_id is not None and ca is None:
+                raise ValueError(f"CA bundle {tls.ca_id} is not in the snapshot")
+            cert = certs.get(tls.client_cert_id) if tls.client_cert_id is not None else None
+            if tls.client_cert_id is not None and cert is None:
+                raise ValueError(f"client certificate {tls.client_cert_id} is not in the snapshot")
+            ctx = client_context(tls, ca, cert)
+        self._contexts[key] = ctx
+        return ctx
+
+
+# --- one pool --------------------------------------------------------------------------------
+
+
+class Upstream:
+    """How to reach one pool's endpoints, and its idle connections."""
+
+    def __init__(
+        self,
+        spec: Pool,
+        balancer: UpstreamPool,
+        ssl_context: ssl.SSLContext | None,
+        tls_error: str,
+        settings: HTTPSettings,
+        metrics: Metrics,
+        previous: Upstream | None = None,
+    ) -> None:
+        self.spec = spec
+        self.balancer = balancer
+        self.ssl_context = ssl_context
+        self.tls_error = tls_error
+        self.server_name = spec.tls.server_name if spec.tls is not None else None
+        self.metrics = metrics
+        self.idle_timeout = settings.upstream_idle_timeout
+        self.max_idle = settings.max_idle_per_endpoint
+        self.connects = 0  # connections opened (tests and debugging)
+        self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._failure_children: dict[str, object] = {}
+        if previous is not None:
+            for ep, conns in previous._idle.items():
+                if ep in balancer.endpoints:
+                    for conn in conns:
+                        conn.upstream = self
+                    self._idle[ep] = conns
+            previous._idle = {}
+
+    def failure(self, reason: str) -> None:
+        self.metrics.upstream_failures.labels(self.spec.id, reason).inc()
+
+    def take_idle(self, ep: Endpoint) -> UpstreamConnection | None:
+        conns = self._idle.get(ep)
+        while conns:
+            conn = conns.pop()
+            if conn.state == _IDLE and conn.loop.time() - conn.idle_since < self.idle_timeout:
+                return conn
+            conn.close()
+        return None
+
+    def idle_count(self, ep: Endpoint | None = None) -> int:
+        if ep is not None:
+            return len(self._idle.get(ep, ()))
+        return sum(len(c) for c in self._idle.values())
+
+    def put_idle(self, conn: UpstreamConnection) -> None:
+        conns = self._idle.setdefault(conn.endpoint, [])
+        if len(conns) >= self.max_idle:
+            conns.pop(0).close()
+        conn.idle_since = conn.loop.time()
+        conns.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(self.idle_timeout, self._sweep, conn.loop)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        conns = self._idle.get(conn.endpoint)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        now = loop.time()
+        remaining = 0
+        for conns in self._idle.values():
+            for conn in [c for c in conns if now - c.idle_since >= self.idle_timeout]:
+                conns.remove(conn)
+                conn.close()
+            remaining += len(conns)
+        if remaining:
+            self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep, loop)
+
+    def close_idle(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle = {}
+
+    async def connect(self, ep: Endpoint) -> UpstreamConnection:
+        """A fresh connection (TLS handshake done and verified); ``ConnectError`` when it fails."""
+        if self.spec.tls is not None and self.ssl_context is None:
+            self.failure("tls_config")
+            raise ConnectError(502, "tls_config", self.tls_error or "upstream TLS is not configured")
+        loop = asyncio.get_running_loop()
+        timeout = self.spec.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if self.ssl_context is not None:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self, ep, loop), ep.address, ep.port,
+                        ssl=self.ssl_context, server_hostname=self.server_name, ssl_handshake_timeout=timeout,
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self, ep, loop), ep.address, ep.port
+                    )
+        except TimeoutError:
+            err = ConnectError(504, "connect_timeout", "upstream connect timed out")
+        except ssl.SSLCertVerificationError as exc:
+            err = ConnectError(502, "tls_verify", f"upstream certificate verification failed: {exc.verify_message}")
+        except ssl.SSLError as exc:
+            err = ConnectError(502, "tls_error", f"upstream TLS handshake failed: {exc.reason or exc}")
+        except ConnectionRefusedError:
+            err = ConnectError(502, "connect_refused", "upstream refused the connection")
+        except (OSError, EOFError) as exc:
+            err = ConnectError(502, "connect_error", f"upstream connect failed: {exc.__class__.__name__}")
+        else:
+            self.connects += 1
+            self.balancer.succeeded(ep)
+            return conn
+        self.balancer.failed(ep)
+        self.failure(err.reason)
+        log.debug("upstream connect failed", extra={"pool": self.spec.id, "endpoint": f"{ep.address}:{ep.port}",
+                                                    "reason": err.reason})
+        raise err
+
+
+# --- one connection ----------------------------------------------------------------------------
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One backend connection: idle in its pool, or serving exactly one exchange for a sink."""
+
+    def __init__(self, upstream: Upstream, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.upstream = upstream
+        self.endpoint = endpoint
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.state = _IDLE
+        self.idle_since = 0.0
+        self.got_bytes = False  # any response byte for the current exchange
+        self._buf = bytearray()
+        self._remaining = 0
+        self._decoder: ChunkedDecoder | None = None
+        self._head_request = False
+        self._reusable = True
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._read_paused = False
+
+    # --- asyncio callbacks ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        state = self.state
+        if state == _TUNNEL and sink is not None:
+            sink.upstream_tunnel(data)
+            return
+        if sink is None or state in (_IDLE, _DONE, _CLOSED):
+            self.close()  # unsolicited bytes: the connection is out of step
+            return
+        self._last_read = self.loop.time()
+        self.got_bytes = True
+        try:
+            self._receive(data, sink)
+        except ParseError as exc:
+            self._fail(502, "bad_response", f"bad response from upstream: {exc.reason}")
+
+    def _receive(self, data: bytes, sink: ResponseSink) -> None:
+        while data:
+            state = self.state
+            if state == _BODY_LENGTH:
+                rem = self._remaining
+                if len(data) <= rem:
+                    self._remaining = rem - len(data)
+                    sink.upstream_body(data)
+                    if self._remaining == 0:
+                        self._finish()
+                    return
+                sink.upstream_body(data[:rem])
+                self._reusable = False  # bytes beyond the declared length: do not trust this connection
+                self._finish()
+                return
+            if state == _BODY_CHUNKED:
+                assert self._decoder is not None
+                out: list[bytes] = []
+                used = self._decoder.feed(data, out)
+                for piece in out:
+                    sink.upstream_body(piece)
+                if self._decoder.done:
+                    if used < len(data):
+                        self._reusable = False
+                    self._finish()
+                return
+            if state == _BODY_EOF:
+                sink.upstream_body(data)
+                return
+            if state != _WAIT_HEAD:
+                return
+            buf = self._buf
+            buf += data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    raise ParseError(502, "response head too large")
+                return
+            resp = parse_response_head(bytes(buf[:end]))
+            data = bytes(buf[end + 4:])
+            buf.clear()
+            status = resp.status
+            if status < 200 and status != 101:
+                sink.upstream_head(resp)  # interim (100 Continue, 103): the final response follows
+                continue
+            if status == 101:
+                self.state = _TUNNEL
+                self._cancel_timer()
+                sink.upstream_head(resp)
+                if data and self.sink is not None:
+                    sink.upstream_tunnel(data)
+                return
+            if resp.close:
+                self._reusable = False
+            if self._head_request or status in (204, 304):
+                self.state = _DONE
+            elif resp.chunked:
+                self.state = _BODY_CHUNKED
+                self._decoder = ChunkedDecoder(502)
+            elif resp.content_length >= 0:
+                self._remaining = resp.content_length
+                self.state = _BODY_LENGTH if resp.content_length else _DONE
+            else:
+                self.state = _BODY_EOF
+                self._reusable = False
+            sink.upstream_head(resp)
+            if self.sink is None:
+                return
+            if self.state == _DONE:
+                if data:
+                    self._reusable = False
+                self._finish()
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self.state
+        self.state = _CLOSED
+        self._cancel_timer()
+        sink = self.sink
+        if sink is None:
+            self.upstream.forget(self)
+            return
+        if state == _BODY_EOF:
+            self.state = _DONE
+            self._reusable = False
+            self.sink = None
+            self.state = _CLOSED
+            sink.upstream_done()
+        elif state in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _TUNNEL):
+            self.sink = None
+            sink.upstream_lost(502, "closed", "upstream closed the connection before the response was complete")
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # --- used by the client side ---
+
+    def start(self, sink: ResponseSink, head: bytes, head_request: bool) -> None:
+        """Begin one exchange: send the request head; the body follows through ``write``."""
+        self.sink = sink
+        self.state = _WAIT_HEAD
+        self._head_request = head_request
+        self._reusable = True
+        self.got_bytes = False
+        self._decoder = None
+        self._last_read = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.upstream.spec.read_timeout, self._on_timer)
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self._last_read = self.loop.time()  # a slow upload is activity too, not a backend stall
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def release(self, request_complete: bool) -> None:
+        """The exchange is over: back to the idle pool when the connection is in a clean state."""
+        self.sink = None
+        self.resume_reading()
+        self._cancel_timer()
+        if self.state == _DONE and self._reusable and request_complete and self.transport is not None \
+                and not self.transport.is_closing():
+            self.state = _IDLE
+            self.upstream.put_idle(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.sink = None
+        self._cancel_timer()
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            self.upstream.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        self.close()
+        if transport is not None:
+            transport.abort()
+
+    # --- internals ---
+
+    def _finish(self) -> None:
+        self.state = _DONE
+        self._cancel_timer()
+        sink = self.sink
+        if sink is not None:
+            sink.upstream_done()
+
+    def _fail(self, status: int, reason: str, message: str) -> None:
+        sink = self.sink
+        self.upstream.failure(reason)
+        self.abort()
+        if sink is not None:
+            sink.upstream_lost(status, reason, message)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.sink is None or self.state not in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF):
+            return
+        timeout = self.upstream.spec.read_timeout
+        elapsed = self.loop.time() - self._last_read
+        if self._read_paused or elapsed < timeout:
+            # Reading is on hold for a slow client, or data arrived since: not the backend's fault.
+            self._timer = self.loop.call_later(timeout - elapsed if elapsed < timeout else timeout, self._on_timer)
+            return
+        self._fail(504, "read_timeout", "upstream read timed out")
