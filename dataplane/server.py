@@ -1,0 +1,170 @@
+"""``portcullis dataplane``: the cluster data plane, fed snapshots by the controller over the admin API.
+
+Flags follow docs/contracts.md section 4; every flag can also come from the environment as
+``PORTCULLIS_<FLAG>`` (``--admin-token-file`` -> ``PORTCULLIS_ADMIN_TOKEN_FILE``), which is how
+the chart sets them. A flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dataplane.admin import AdminConfigError
+from dataplane.runtime import DataPlane, DataPlaneConfig
+
+log = logging.getLogger("portcullis.dataplane")
+
+_STANDARD_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; ``extra={...}`` fields become keys (never pass keys or tokens there)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_KEYS and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get("PORTCULLIS_" + flag.upper().replace("-", "_"))
+
+
+def _default(flag: str, fallback: Any, kind: Callable[[str], Any] = str) -> Any:
+    value = _env(flag)
+    if value is None or value == "":
+        return fallback
+    try:
+        return kind(value)
+    except ValueError:
+        name = "PORTCULLIS_" + flag.upper().replace("-", "_")
+        raise SystemExit(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--bind", default=_default("bind", "0.0.0.0"), help="address of the HTTPS and HTTP listeners")
+    add("--https-port", type=int, default=_default("https-port", 8443, int))
+    add("--http-port", type=int, default=_default("http-port", 8080, int))
+    add("--admin-port", type=int, default=_default("admin-port", 9901, int))
+    add("--admin-bind", default=_default("admin-bind", None), help="admin listener address (default: --bind)")
+    add("--admin-cert-file", default=_default("admin-cert-file", None), help="TLS certificate of the admin API")
+    add("--admin-key-file", default=_default("admin-key-file", None), help="its private key")
+    add("--admin-token-file", default=_default("admin-token-file", None),
+        help="file holding the bearer token the controller pushes with")
+    add("--https-redirect-port", type=int, default=_default("https-redirect-port", 443, int),
+        help="port in insecure-policy redirect locations (443: omitted)")
+    add("--workers", type=int, default=_default("workers", 1, int), help="worker processes (only 1 for now)")
+    add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
+        help="seconds live connections get to finish after SIGTERM")
+    add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
+    add("--log-format", default=_default("log-format", "json"), choices=["json", "text"])
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
+    return DataPlaneConfig(
+        bind=args.bind,
+        https_port=args.https_port,
+        http_port=args.http_port,
+        admin_port=args.admin_port,
+        admin_bind=args.admin_bind,
+        admin_cert_file=args.admin_cert_file,
+        admin_key_file=args.admin_key_file,
+        admin_token=read_token(args.admin_token_file),
+        https_redirect_port=args.https_redirect_port,
+        drain_timeout=args.drain_timeout,
+    )
+
+
+async def serve(config: DataPlaneConfig, ready: Callable[[DataPlane], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then stop accepting and drain (bounded)."""
+    dataplane = DataPlane(config)
+    try:
+        await dataplane.start()
+    except AdminConfigError as exc:
+        log.error("refusing to start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log.error("cannot bind a listener: %s", exc)
+        print(f"error: cannot bind a listener: {exc}", file=sys.stderr)
+        return 1
+    if config.admin_token is None:
+        log.warning("no --admin-token-file: snapshot pushes will be refused (401)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(dataplane)
+    print(f"portcullis dataplane: https {dataplane.https_port}, http {dataplane.http_port}, "
+          f"admin {dataplane.admin_port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    log.info("stopping: draining live connections", extra={"live": dataplane.live_connections,
+                                                            "drain_timeout": config.drain_timeout})
+    await dataplane.stop()
+    log.info("stopped")
+    return 0
+
+
+def _runner(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    if args.workers != 1:
+        log.warning("--workers %d requested; this version runs one worker process", args.workers)
+    try:
+        config = config_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        return _runner(serve(config))
+    return 0
