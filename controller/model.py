@@ -69,6 +69,7 @@ class Ingress:
     uid: str = ""
     generation: int = 0
     problems: tuple[Problem, ...] = ()
+    status_addresses: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip/hostname, as last written
 
     @property
     def order(self) -> tuple[str, str, str]:
@@ -98,6 +99,7 @@ class Service:
     type: str
     ports: tuple[ServicePort, ...]
     problems: tuple[Problem, ...] = ()
+    published: tuple[str, ...] = ()  # load-balancer ingress addresses, else external IPs: what clients reach
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,21 @@ def _ingress(obj: Mapping[str, Any]) -> Ingress:
         uid=r.text(meta.get("uid"), "metadata.uid"),
         generation=generation if isinstance(generation, int) else 0,
         problems=tuple(r.problems),
+        status_addresses=_lb_addresses(obj),
     )
+
+
+def _lb_addresses(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    status = obj.get("status")
+    lb = status.get("loadBalancer") if isinstance(status, Mapping) else None
+    items = lb.get("ingress") if isinstance(lb, Mapping) else None
+    addresses: list[str] = []
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, Mapping):
+            value = item.get("ip") or item.get("hostname")
+            if isinstance(value, str) and value:
+                addresses.append(value)
+    return tuple(addresses)
 
 
 def _timestamp(value: Any) -> str:
@@ -363,7 +379,10 @@ def _service(obj: Mapping[str, Any]) -> Service:
                 app_protocol=r.text(item.get("appProtocol"), f"spec.ports[{i}].appProtocol").lower(),
             )
         )
-    return Service(ref, r.text(spec.get("type"), "spec.type", "ClusterIP"), tuple(ports), tuple(r.problems))
+    external = tuple(a for a in spec.get("externalIPs") or () if isinstance(a, str)) if isinstance(
+        spec.get("externalIPs"), list) else ()
+    return Service(ref, r.text(spec.get("type"), "spec.type", "ClusterIP"), tuple(ports), tuple(r.problems),
+                   _lb_addresses(obj) or external)
 
 
 def _endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice:

@@ -1,0 +1,247 @@
+"""``portcullis controller``: the kopf operator.
+
+kopf keeps one watch per kind and an in-memory index of slim projections (``controller.model``);
+its event handlers only mark the state dirty. No change-detection handlers, daemons or finalizers
+are registered on user objects, so kopf never writes annotations or finalizers into Ingresses or
+Secrets. Everything else — render, publish, Events, status, leader election — is ours, in
+``controller.reconciler`` and its collaborators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from controller import webhook
+from controller.kube import KubeWriter
+from controller.leader import LeaderElector, LeaseConfig
+from controller.model import Inputs, Projection, project
+from controller.publisher import Publisher, PushConfig
+from controller.reconciler import LoopConfig, Reconciler
+from controller.render import RenderConfig
+
+log = logging.getLogger("portcullis.controller")
+
+KINDS = {
+    "ingresses": ("networking.k8s.io", "v1", "ingresses"),
+    "secrets": ("", "v1", "secrets"),
+    "services": ("", "v1", "services"),
+    "endpoint_slices": ("discovery.k8s.io", "v1", "endpointslices"),
+    "ingress_classes": ("networking.k8s.io", "v1", "ingressclasses"),
+}
+INDEX_PREFIX = "portcullis_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get("PORTCULLIS_" + name.upper().replace("-", "_"), default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--ingress-class", default=_env("ingress-class", "portcullis"))
+    add("--controller-name", default=_env("controller-name", "portcullis.io/ingress-controller"))
+    add("--watch-namespaces", default=_env("watch-namespaces", ""), help="comma-separated; empty: cluster-wide")
+    add("--dataplane-service", default=_env("dataplane-service", "portcullis/portcullis-dataplane-admin"),
+        metavar="NS/NAME", help="headless Service whose EndpointSlices list the data-plane pods")
+    add("--dataplane-admin-port", type=int, default=int(_env("dataplane-admin-port", "9901")))
+    add("--push-token-file", default=_env("push-token-file", ""), help="bearer token for the data planes' admin API")
+    add("--push-ca-file", default=_env("push-ca-file", ""), help="CA of the data planes' admin certificate")
+    add("--push-server-name", default=_env("push-server-name", "portcullis-dataplane"))
+    add("--default-certificate", default=_env("default-certificate", "") or None, metavar="NS/NAME")
+    add("--publish-service", default=_env("publish-service", ""), metavar="NS/NAME",
+        help="Service whose load-balancer address goes into Ingress status")
+    add("--publish-address", default=_env("publish-address", ""), help="fixed address(es) for Ingress status")
+    add("--leader-election", action=argparse.BooleanOptionalAction,
+        default=_env("leader-election", "true").lower() == "true")
+    add("--lease-namespace", default=_env("lease-namespace", ""), help="default: the data-plane Service's namespace")
+    add("--lease-name", default=_env("lease-name", "portcullis-controller"))
+    add("--webhook-port", type=int, default=int(_env("webhook-port", "0")), help="0: admission webhook off")
+    add("--webhook-cert-file", default=_env("webhook-cert-file", ""))
+    add("--webhook-key-file", default=_env("webhook-key-file", ""))
+    add("--health-port", type=int, default=int(_env("health-port", "8081")), help="/healthz (0: off)")
+    add("--kubeconfig", default=os.environ.get("KUBECONFIG", ""), help="default: in-cluster, then ~/.kube/config")
+
+
+def _split_ref(text: str, what: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name:
+        raise SystemExit(f"portcullis controller: {what} must be NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    loop: LoopConfig
+    push: PushConfig
+    lease: LeaseConfig | None
+    webhook_port: int
+    webhook_cert_file: str
+    webhook_key_file: str
+    health_port: int
+    namespaces: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ControllerConfig:
+        namespaces = tuple(n.strip() for n in args.watch_namespaces.split(",") if n.strip())
+        dataplane = _split_ref(args.dataplane_service, "--dataplane-service")
+        token = ""
+        if args.push_token_file:
+            with open(args.push_token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        return cls(
+            loop=LoopConfig(
+                render=RenderConfig(args.ingress_class, args.controller_name, namespaces, args.default_certificate),
+                dataplane_service=dataplane,
+                publish_service=_split_ref(args.publish_service, "--publish-service") if args.publish_service
+                else None,
+                publish_address=args.publish_address or None,
+            ),
+            push=PushConfig(port=args.dataplane_admin_port, token=token, ca_file=args.push_ca_file or None,
+                            server_name=args.push_server_name),
+            lease=LeaseConfig(args.lease_namespace or dataplane[0], args.lease_name, identity)
+            if args.leader_election else None,
+            webhook_port=args.webhook_port,
+            webhook_cert_file=args.webhook_cert_file,
+            webhook_key_file=args.webhook_key_file,
+            health_port=args.health_port,
+            namespaces=namespaces,
+        )
+
+
+class IndexedInputs:
+    """Reads kopf's live indexes into renderer ``Inputs`` (the indexes are captured at startup)."""
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, Mapping[Any, Any]] = {}
+
+    def __call__(self) -> Inputs:
+        views: list[Projection] = []
+        for index in self.indexes.values():
+            for store in index.values():
+                views.extend(store)
+        return Inputs.from_projections(views)
+
+
+def _index_fn(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Projection] | None:
+    view = project(body)
+    if view is None:
+        return None
+    return {(view.ref.namespace, view.ref.name): view}
+
+
+def _secret_is_material(body: kopf.Body, **_: Any) -> bool:
+    """Only Secrets that can hold certificates or CAs are indexed (not tokens, not app config)."""
+    data = body.get("data") or {}
+    return any(key in data for key in ("tls.crt", "ca.crt"))
+
+
+def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: ControllerConfig,
+                   elector: LeaderElector | None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    for name, (group, version, plural) in KINDS.items():
+        resource = (f"{group}/{version}" if group else version, plural)
+        when = _secret_is_material if name == "secrets" else None
+        kopf.index(*resource, id=INDEX_PREFIX + name, registry=registry, when=when)(_index_fn)
+
+        def on_event(**_: Any) -> None:
+            reconciler.mark_indexed()
+            reconciler.mark_dirty()
+
+        kopf.on.event(*resource, id=f"dirty-{name}", registry=registry, when=when)(on_event)
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.peering.standalone = True
+        for name in KINDS:
+            inputs.indexes[name] = kwargs[INDEX_PREFIX + name]
+        tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        if elector is not None:
+            tasks.append(asyncio.create_task(elector.run(), name="leader election"))
+
+            async def follow_leadership() -> None:
+                while True:
+                    await elector.leading.wait()
+                    reconciler.mark_dirty()
+                    while elector.is_leader:
+                        await asyncio.sleep(0.5)
+                    reconciler.mark_dirty()
+
+            tasks.append(asyncio.create_task(follow_leadership(), name="leadership follower"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if elector is not None:
+            await asyncio.to_thread(elector.release)
+
+    return registry
+
+
+def _load_kube_config(path: str) -> None:
+    from kubernetes import config as kube_config
+
+    if path:
+        kube_config.load_kube_config(config_file=path)  # type: ignore[no-untyped-call]
+        return
+    try:
+        kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+async def serve(config: ControllerConfig, kubeconfig: str) -> int:
+    from kubernetes import client
+
+    _load_kube_config(kubeconfig)
+    elector = LeaderElector(client.CoordinationV1Api(), config.lease) if config.lease else None
+    writer = KubeWriter(client.CoreV1Api(), client.NetworkingV1Api())
+    inputs = IndexedInputs()
+    async with Publisher(config.push) as publisher:
+        reconciler = Reconciler(config.loop, inputs, publisher, writer,
+                                (lambda: elector.is_leader) if elector else (lambda: True))
+        registry = build_registry(reconciler, inputs, config, elector)
+        runner = None
+        if config.webhook_port:
+            runner = await webhook.start(config.webhook_port, config.webhook_cert_file, config.webhook_key_file,
+                                         inputs, lambda: config.loop.render)
+        namespaces = list(config.namespaces)
+        if namespaces and config.loop.dataplane_service[0] not in namespaces:
+            namespaces.append(config.loop.dataplane_service[0])  # the data-plane pods are found there
+        try:
+            await kopf.operator(
+                registry=registry,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=True,
+                liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+            )
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    config = ControllerConfig.from_args(args)
+    return asyncio.run(serve(config, args.kubeconfig))

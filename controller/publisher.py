@@ -1,0 +1,182 @@
+"""Pushes the current snapshot to every data plane, and keeps them there.
+
+One worker per data-plane address. Workers hold only "the latest snapshot" (no queue, so a burst of
+changes costs one push, not many), retry with capped backoff, and every ``resync`` seconds ask the
+data plane what it serves: a restarted pod reports no checksum and is re-pushed at once, and a
+controller that restarts pushes nothing when every data plane already has the same checksum.
+
+The channel is TLS, verified against the push CA with a fixed server name (data-plane pods are
+addressed by IP), plus a bearer token; plain HTTP is allowed only to loopback (local tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from dataplane.snapshot import Snapshot
+
+log = logging.getLogger("portcullis.publisher")
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    port: int = 9901
+    token: str = ""
+    ca_file: str | None = None  # None: plain HTTP, loopback only
+    server_name: str = "portcullis-dataplane"
+    resync: float = 1.0
+    timeout: float = 10.0
+    max_backoff: float = 5.0
+
+
+def next_generation(previous: int, now_ms: int) -> int:
+    """Generations must only grow, across controller restarts and leader changes: wall-clock
+    milliseconds do, and ``previous + 1`` covers clocks that step back."""
+    return max(previous + 1, now_ms)
+
+
+class DataPlaneWorker:
+    def __init__(self, address: str, config: PushConfig, session: aiohttp.ClientSession,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.address = address
+        self.config = config
+        self.session = session
+        self.ssl_context = ssl_context
+        self.desired: Snapshot | None = None
+        self.confirmed: str | None = None  # checksum the data plane reported last
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        host = f"[{address}]" if ":" in address else address
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://{host}:{config.port}/snapshot"
+
+    def want(self, snapshot: Snapshot) -> None:
+        self.desired = snapshot
+        self.wake.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"push {self.address}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._sync()
+                backoff = 0.2
+                delay = self.config.resync
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                log.warning("push failed", extra={"dataplane": self.address, "error": str(exc)})
+                self.confirmed = None
+                delay = backoff
+                backoff = min(backoff * 2, self.config.max_backoff)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.token}"}
+
+    async def _get(self) -> tuple[int, str | None]:
+        async with self.session.get(self.url, headers=self._headers(), ssl=self._ssl(),
+                                    server_hostname=self._server_name()) as response:
+            if response.status != 200:
+                raise ValueError(f"GET /snapshot answered {response.status}")
+            body = await response.json()
+            return int(body.get("generation") or 0), body.get("checksum")
+
+    async def _sync(self) -> None:
+        desired = self.desired
+        if desired is None:
+            return
+        generation, checksum = await self._get()
+        self.confirmed = checksum
+        if checksum == desired.checksum:
+            return
+        snapshot = desired.with_generation(next_generation(generation, int(time.time() * 1000)))
+        async with self.session.put(self.url, data=snapshot.to_json(), headers={
+            **self._headers(), "Content-Type": "application/json"}, ssl=self._ssl(),
+                server_hostname=self._server_name()) as response:
+            text = await response.text()
+            if response.status != 200:
+                raise ValueError(f"PUT /snapshot answered {response.status}: {text[:500]}")
+        self.confirmed = desired.checksum
+        log.info("pushed", extra={"dataplane": self.address, "generation": snapshot.generation,
+                                  "checksum": desired.checksum})
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        return self.ssl_context if self.ssl_context is not None else False
+
+    def _server_name(self) -> str | None:
+        return self.config.server_name if self.ssl_context is not None else None
+
+
+def push_ssl_context(config: PushConfig) -> ssl.SSLContext | None:
+    if config.ca_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Publisher:
+    """The set of workers follows the data-plane addresses; all of them want the latest snapshot."""
+
+    def __init__(self, config: PushConfig) -> None:
+        self.config = config
+        self.ssl_context = push_ssl_context(config)
+        self.workers: dict[str, DataPlaneWorker] = {}
+        self.snapshot: Snapshot | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Publisher:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in list(self.workers.values()):
+            await worker.stop()
+        self.workers.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    def update(self, addresses: Sequence[str], snapshot: Snapshot | None) -> None:
+        assert self._session is not None, "use Publisher as an async context manager"
+        for address in addresses:
+            if address not in self.workers:
+                if self.ssl_context is None and not ipaddress.ip_address(address).is_loopback:
+                    log.error("refusing to push key material over plain HTTP to a non-loopback address; "
+                              "set --push-ca-file", extra={"dataplane": address})
+                    continue
+                worker = DataPlaneWorker(address, self.config, self._session, self.ssl_context)
+                self.workers[address] = worker
+                worker.start()
+        for address in list(self.workers):
+            if address not in addresses:
+                worker = self.workers.pop(address)
+                if worker.task is not None:
+                    worker.task.cancel()  # a gone pod: nothing to finish
+        if snapshot is not None:
+            self.snapshot = snapshot
+        if self.snapshot is not None:
+            for worker in self.workers.values():
+                if worker.desired is not self.snapshot:
+                    worker.want(self.snapshot)
+
+    def in_sync(self) -> dict[str, bool]:
+        wanted = self.snapshot.checksum if self.snapshot else None
+        return {a: w.confirmed == wanted for a, w in self.workers.items()}

@@ -1,0 +1,119 @@
+"""The controller's loop: watch events mark the state dirty; this debounces, renders, publishes.
+
+Watch events never do work themselves. A burst of changes (``kubectl apply -f dir``, a namespace
+deletion) collapses into one render after 100 ms of quiet, and a steady stream still renders every
+500 ms. Only the leader publishes and writes status and Events; a standby renders nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from controller import classes, reporting
+from controller.certificates import utc_now
+from controller.kube import KubeWriter
+from controller.model import Inputs
+from controller.problems import ObjectRef, Problem
+from controller.publisher import Publisher
+from controller.render import RenderConfig, render
+
+log = logging.getLogger("portcullis.reconciler")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    render: RenderConfig
+    dataplane_service: tuple[str, str]
+    publish_service: tuple[str, str] | None = None
+    publish_address: str | None = None
+    quiet: float = 0.1
+    max_delay: float = 0.5
+    startup_grace: float = 10.0
+
+
+class Reconciler:
+    def __init__(self, config: LoopConfig, inputs: Callable[[], Inputs], publisher: Publisher,
+                 writer: KubeWriter | None, is_leader: Callable[[], bool]) -> None:
+        self.config = config
+        self.inputs = inputs
+        self.publisher = publisher
+        self.writer = writer
+        self.is_leader = is_leader
+        self.dirty = asyncio.Event()
+        self.indexed = asyncio.Event()  # set once kopf's indexes hold the whole initial listing
+        self.renders = 0
+        self.last_checksum: str | None = None
+        self.last_problems: tuple[Problem, ...] = ()
+        self._posted: frozenset[Problem] = frozenset()
+
+    def mark_dirty(self) -> None:
+        self.dirty.set()
+
+    def mark_indexed(self) -> None:
+        """kopf calls event handlers only after every index is pre-populated: the first call proves it."""
+        if not self.indexed.is_set():
+            self.indexed.set()
+            self.dirty.set()
+
+    async def run(self) -> None:
+        try:
+            await asyncio.wait_for(self.indexed.wait(), self.config.startup_grace)
+        except TimeoutError:
+            log.warning("no watch event within the startup grace period; assuming an empty cluster")
+            self.indexed.set()
+        while True:
+            await self.dirty.wait()
+            await self._debounce()
+            self.dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; retrying on the next change")
+                await asyncio.sleep(1.0)
+                self.dirty.set()
+
+    async def _debounce(self) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < self.config.max_delay:
+            self.dirty.clear()
+            try:
+                await asyncio.wait_for(self.dirty.wait(), self.config.quiet)
+            except TimeoutError:
+                return
+
+    async def reconcile(self) -> None:
+        if not self.is_leader():
+            self.publisher.update((), None)  # a standby holds no push workers
+            return
+        inputs = self.inputs()
+        snapshot, problems = render(inputs, replace(self.config.render, now=utc_now()))
+        self.renders += 1
+        if snapshot.checksum != self.last_checksum:
+            log.info("rendered", extra={"checksum": snapshot.checksum, "tls_hosts": len(snapshot.tls_hosts),
+                                        "virtual_hosts": len(snapshot.virtual_hosts), "problems": len(problems)})
+            self.last_checksum = snapshot.checksum
+        self.last_problems = tuple(problems)
+        addresses = reporting.dataplane_addresses(inputs.endpoint_slices, self.config.dataplane_service)
+        self.publisher.update(addresses, snapshot)
+        if self.writer is not None:
+            await self._report(inputs, problems)
+
+    async def _report(self, inputs: Inputs, problems: list[Problem]) -> None:
+        assert self.writer is not None
+        uids: Mapping[ObjectRef, str] = {i.ref: i.uid for i in inputs.ingresses}
+        existing = set(uids) | {s.ref for s in inputs.secrets} | {s.ref for s in inputs.services}
+        to_post, self._posted = reporting.new_events(self._posted, (p for p in problems if p.obj in existing))
+        await self.writer.post_events(to_post, dict(uids))
+        addresses = reporting.published_addresses(inputs.services, self.config.publish_service,
+                                                  self.config.publish_address)
+        if not addresses:
+            return
+        cfg = self.config.render
+        ours = classes.select(inputs.ingresses, inputs.ingress_classes, cfg.ingress_class, cfg.controller_name,
+                              cfg.watch_namespaces)
+        for ref in reporting.status_updates(ours, addresses):
+            await self.writer.write_status(ref, addresses)
