@@ -252,12 +252,20 @@ async def proxy(
     tls_host: TLSHost | None = None,
     settings: HTTPSettings | None = None,
     table: HTTPTable | None = None,
+    on_protocol: Callable[[HTTPProtocol], object] | None = None,
 ) -> AsyncIterator[Proxy]:
     metrics = table.metrics if table is not None else Metrics()
     table = table or build_http_table(snap, None, metrics, settings or HTTPSettings())
     info = ConnectionInfo(scheme, tls_host=tls_host)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HTTPProtocol(table, info, metrics), LOCAL, 0, ssl=ssl_context)
+
+    def factory() -> HTTPProtocol:
+        proto = HTTPProtocol(table, info, metrics)
+        if on_protocol is not None:
+            on_protocol(proto)
+        return proto
+
+    server = await loop.create_server(factory, LOCAL, 0, ssl=ssl_context)
     try:
         yield Proxy(server.sockets[0].getsockname()[1], table, metrics, server)
     finally:
