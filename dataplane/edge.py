@@ -21,7 +21,6 @@ import errno
 import logging
 import socket
 import ssl
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,18 +74,31 @@ class EdgeSettings:
 
 
 class Tracker:
-    """Live connections, so a stop can drain them (bounded) and then close the rest."""
+    """Live connections, so a stop can drain them (bounded) and then close the rest.
+
+    Holds transports strongly (uvloop's TLS transports cannot be weakly referenced) and prunes
+    the ones that report ``is_closing()``; both loops mark a TLS app transport closed when its
+    connection is lost, so the application protocol needs no hook of ours.
+    """
 
     def __init__(self) -> None:
-        self.transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.transports: set[asyncio.BaseTransport] = set()
         self.pending: set[socket.socket] = set()  # accepted, not handed off yet
+        self._prune_at = 256
 
     def add(self, transport: asyncio.BaseTransport) -> None:
         self.transports.add(transport)
+        if len(self.transports) >= self._prune_at:
+            self.prune()
+            self._prune_at = max(256, 2 * len(self.transports))
+
+    def prune(self) -> None:
+        self.transports = {t for t in self.transports if not t.is_closing()}
 
     @property
     def live(self) -> int:
-        return sum(1 for t in list(self.transports) if not t.is_closing()) + len(self.pending)
+        self.prune()
+        return len(self.transports) + len(self.pending)
 
     def close_pending(self) -> None:
         for sock in list(self.pending):
@@ -95,11 +107,13 @@ class Tracker:
 
     def abort_all(self) -> None:
         self.close_pending()
-        for transport in list(self.transports):
+        transports, self.transports = self.transports, set()
+        for transport in transports:
             if transport.is_closing():
                 continue
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
+            abort = getattr(transport, "abort", None)  # duck-typed: uvloop's transports do not subclass asyncio's
+            if callable(abort):
+                abort()
             else:
                 transport.close()
 

@@ -17,7 +17,7 @@ import logging
 import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from dataplane import proxy_protocol
 from dataplane.metrics import Metrics
@@ -87,8 +87,8 @@ class _Side(asyncio.Protocol):
         self.pending_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        transport = self.transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         if self.name == "upstream":
             transport.pause_reading()  # until the client side exists to write to
@@ -239,7 +239,7 @@ async def serve(
     relay = relays[endpoint]
     request.picker.started(endpoint)
     metrics.active_connections.labels("https", "passthrough").inc()
-    assert isinstance(upstream_transport, asyncio.Transport)
+    upstream_transport = cast(asyncio.Transport, upstream_transport)
     preamble = proxy_protocol.header(request.pool.proxy_protocol, request.client_addr, request.server_addr,
                                      request.sni)
     if preamble:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +17,18 @@ from dataplane.snapshot import Certificate, ClientAuth, Endpoint, Pool, Snapshot
 from tests.pki import CA, Issued
 
 TOKEN = "test-token-0123456789"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Modules that set ``LOOPS = ("asyncio", "uvloop")`` run every async test on both event loops."""
+    module = getattr(item, "module", None)
+    names = getattr(module, "LOOPS", ("asyncio",))
+    factories: dict[str, Callable[[], Any]] = {"asyncio": asyncio.new_event_loop}
+    if "uvloop" in names:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return {name: factories[name] for name in names}
 
 
 @pytest.fixture(scope="session")

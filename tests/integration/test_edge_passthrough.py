@@ -8,6 +8,8 @@ import socket
 import ssl
 import time
 
+import pytest
+
 from dataplane.echo import TLSEcho
 from dataplane.runtime import DataPlane
 from tests.integration.conftest import client_context, passthrough_snapshot, raw_connect, tls_roundtrip
@@ -16,6 +18,9 @@ from tests.unit.test_clienthello import real_client_hello, split_records
 
 HOST = "direct.example.com"
 
+
+
+LOOPS = ("asyncio", "uvloop")  # the server runs on uvloop, whose transports differ in detail
 
 async def test_passthrough_end_to_end_client_verifies_backend_certificate(
     dataplane: DataPlane, tls_backend: tuple[TLSEcho, Issued], backend_ca: CA
@@ -236,3 +241,32 @@ async def test_slow_reader_does_not_grow_memory(dataplane: DataPlane) -> None:
         sock.close()
     finally:
         server.close()
+
+
+async def test_applies_never_close_a_live_passthrough_connection(
+    dataplane: DataPlane, tls_backend: tuple[TLSEcho, Issued], backend_ca: CA, ca: CA
+) -> None:
+    echo, _ = tls_backend
+    dataplane.apply(passthrough_snapshot(HOST, echo.port, generation=1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", dataplane.https_port,
+                                                   ssl=client_context(backend_ca.cert_pem), server_hostname=HOST)
+    writer.write(b"a")
+    assert await asyncio.wait_for(reader.readexactly(1), 10) == b"a"
+    assert dataplane.live_connections == 1
+    # new generations: another endpoint list, PROXY on, and finally the host gone altogether
+    assert dataplane.apply(passthrough_snapshot(HOST, echo.port, generation=2, proxy="v2")) == []
+    assert dataplane.apply(passthrough_snapshot("other.example.com", echo.port, generation=3)) == []
+    writer.write(b"still alive")
+    assert await asyncio.wait_for(reader.readexactly(11), 10) == b"still alive"
+    # a new connection to the removed host is not passed through any more: it gets the edge's fallback
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await tls_roundtrip(dataplane.https_port, HOST, client_context(backend_ca.cert_pem))
+    writer.close()
+    await writer.wait_closed()
+    gauge = 'portcullis_active_connections{listener="https",mode="passthrough"} 0.0'
+    for _ in range(100):  # bounded wait for the relay to see both sides closed
+        if dataplane.live_connections == 0 and gauge in dataplane.metrics.render().decode():
+            break
+        await asyncio.sleep(0.02)
+    assert dataplane.live_connections == 0
+    assert gauge in dataplane.metrics.render().decode()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -29,14 +30,14 @@ from tests.integration.conftest import (
 from tests.pki import CA
 from tests.unit.test_clienthello import real_client_hello
 
+LOOPS = ("asyncio", "uvloop")  # the server runs on uvloop, whose transports differ in detail
 
 class ReportingEcho(asyncio.Protocol):
     def __init__(self, accepted: Accepted) -> None:
         self.accepted = accepted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         a = self.accepted
         report = {"scheme": a.scheme, "sni": a.sni, "row": a.row.host if a.row else None,
                   "client": a.peer_cert.subject_dn if a.peer_cert else None,
