@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from dataplane.http.headers import (
     CHUNKED,
@@ -98,7 +99,7 @@ class HTTPProtocol(asyncio.Protocol):
     # --- asyncio callbacks: client side ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._info = info = complete_info(self._info, transport)
