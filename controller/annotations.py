@@ -307,5 +307,5 @@ def parse_annotations(ref: ObjectRef, annotations: Mapping[str, str]) -> tuple[S
 def annotation_table() -> str:
     """Markdown table of every annotation, for docs and ``portcullis render --annotations``."""
     lines = ["| annotation | values | meaning |", "|---|---|---|"]
-    lines.extend(f"| `{s.key}` | {s.values} | {s.doc} |" for s in SPECS)
+    lines.extend(f"| `{s.key}` | {s.values.replace('|', chr(92) + '|')} | {s.doc} |" for s in SPECS)
     return "\n".join(lines)
