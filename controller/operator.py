@@ -160,6 +160,11 @@ def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: Contro
 
         kopf.on.event(*resource, id=f"dirty-{name}", registry=registry, when=when)(on_event)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The same credentials the kubernetes client loaded (kubeconfig or in-cluster)."""
+        return kopf.login_via_client(**kwargs)
+
     tasks: list[asyncio.Task[Any]] = []
 
     @kopf.on.startup(registry=registry)
