@@ -17,13 +17,13 @@ the same thing everywhere. Same inputs in any order give a byte-identical snapsh
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from controller import annotations as ann
 from controller import classes
 from controller.backends import BackendIndex
-from controller.certificates import ca_bundle, covers, serving_certificate
+from controller.certificates import Checked, ca_bundle, covers, serving_certificate
 from controller.model import BackendRef, Ingress, Inputs, Secret
 from controller.problems import ObjectRef, Problem, Severity
 from dataplane.snapshot import (
@@ -129,6 +129,14 @@ class _Renderer:
         self.secrets: Mapping[tuple[str, str], Secret] = {(s.ref.namespace, s.ref.name): s for s in inputs.secrets}
         self.backends = BackendIndex(inputs.services, inputs.endpoint_slices)
         self.problems = _Problems()
+        self._checked: dict[tuple[Callable[[Secret, int], Checked], ObjectRef], Checked] = {}
+
+    def _check(self, check: Callable[[Secret, int], Checked], secret: Secret) -> Checked:
+        """Parse each Secret once per render, however many Ingresses share it (wildcards, defaults)."""
+        key = (check, secret.ref)
+        if key not in self._checked:
+            self._checked[key] = check(secret, self.config.now)
+        return self._checked[key]
 
     # secrets -------------------------------------------------------------------------------------
 
@@ -144,7 +152,7 @@ class _Renderer:
         secret = self._secret(plan.ingress, ref.name, where)
         if secret is None:
             return None
-        checked = ca_bundle(secret, self.config.now)
+        checked = self._check(ca_bundle, secret)
         for warning in checked.warnings:
             self.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where, f"{what}: {warning}")
         if checked.bundle is None:
@@ -157,7 +165,7 @@ class _Renderer:
         secret = self._secret(plan.ingress, name, where)
         if secret is None:
             return None
-        checked = serving_certificate(secret, self.config.now)
+        checked = self._check(serving_certificate, secret)
         for warning in checked.warnings:
             self.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where,
                               f"Secret {secret.ref.namespace}/{name}: {warning}")
