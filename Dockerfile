@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# One image for both components: `portcullis controller` and `portcullis dataplane` (the chart passes the
+# subcommand as the container's args). Build: docker build -t portcullis:0.1.0 .
+ARG PYTHON_VERSION=3.11
+
+# Build stage: install the project and its dependencies (wheels) into a self-contained virtual environment.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/portcullis
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY controller ./controller
+COPY dataplane ./dataplane
+RUN /opt/portcullis/bin/pip install --no-compile . \
+ && /opt/portcullis/bin/python -m compileall -q -j 0 /opt/portcullis
+
+# Runtime stage: the same slim Python, the venv, no compiler, no pip cache, no source tree.
+FROM python:${PYTHON_VERSION}-slim-bookworm
+COPY --from=build /opt/portcullis /opt/portcullis
+ENV PATH=/opt/portcullis/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A numeric non-root user, so Kubernetes can verify runAsNonRoot without a passwd lookup (the chart uses 65532).
+USER 65532:65532
+WORKDIR /tmp
+# https, http, admin (push API, /readyz, /metrics) of the data plane; /healthz of the controller.
+EXPOSE 8443 8080 9901 8081
+ENTRYPOINT ["portcullis"]
+CMD ["dataplane"]
