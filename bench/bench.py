@@ -276,22 +276,33 @@ def main(argv: list[str] | None = None) -> int:
                      "note": args.note},
         "workloads": {w: loadgen.WORKLOADS[w].description for w in args.workloads},
     }
-    if not args.no_load:
+    from bench import scale
+
+    scale_out: dict[str, Any] = {}
+    if not (args.no_load and args.no_scale):
         harness = Harness(args, world)
         try:
             harness.start()
             results["unavailable"] = harness.unavailable
-            results["points"] = harness.run_points()
+            if not args.no_load:
+                results["points"] = harness.run_points()
+            if not args.no_scale and args.idle_connections > 0:
+                try:
+                    scale_out.update(scale.run_all(args, world, harness))
+                except Exception:
+                    scale_out["memory_error"] = traceback.format_exc(limit=5)
         finally:
             harness.stop()
     if not args.no_scale:
-        from bench import scale
-
         try:
-            results["scale"] = scale.run_all(args, world)
+            more = scale.run_all(args, world)
+            notes = scale_out.pop("notes", []) + more.pop("notes", [])
+            scale_out.update(more)
+            scale_out["notes"] = notes
         except Exception:
-            results["scale"] = {"error": traceback.format_exc(limit=5)}
-            print(f"[bench] scale failed: {results['scale']['error']}", file=sys.stderr)
+            scale_out["error"] = traceback.format_exc(limit=5)
+            print(f"[bench] scale failed: {scale_out['error']}", file=sys.stderr)
+        results["scale"] = scale_out
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
