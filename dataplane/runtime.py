@@ -10,18 +10,23 @@ apply never closes a connection.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from dataplane import pem
 from dataplane.edge import Accepted, AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
+from dataplane.http.connection import ClientCert, ConnectionInfo, HTTPProtocol
+from dataplane.http.table import HTTPSettings, HTTPTable, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.passthrough import EndpointPicker, RoundRobin
 from dataplane.snapshot import Pool, Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
+
+if TYPE_CHECKING:
+    from dataplane.admin import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +51,12 @@ class DataPlaneConfig:
     admin_max_body: int = 64 * 1024 * 1024
 
 
-class _Engine:
-    """The HTTP engine (dataplane/http), resolved once. Absent, terminated HTTP gets a clean close.
-
-    Resolved dynamically so the edge, passthrough and their tests stand on their own while the
-    engine is developed beside them.
-    """
-
-    def __init__(self) -> None:
-        try:
-            self.table: Any = importlib.import_module("dataplane.http.table")
-            self.connection: Any = importlib.import_module("dataplane.http.connection")
-            self.available = True
-        except ImportError as exc:
-            log.warning("HTTP engine not available; terminated connections will be closed", extra={"error": str(exc)})
-            self.table = self.connection = None
-            self.available = False
-
-
-class _Closing(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
 @dataclass(frozen=True)
 class _Applied:
     snapshot: Snapshot
     checksum: str | None
     edge: EdgeState
-    http_table: Any
+    http_table: HTTPTable
     verified: frozenset[str]  # content ids of PEM material already loaded once
 
 
@@ -87,8 +69,7 @@ class DataPlane:
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = Tracker()
-        self._engine = _Engine()
-        self._http_settings = self._make_http_settings()
+        self._http_settings = HTTPSettings(https_redirect_port=config.https_redirect_port)
         self._ready = False
         initial = self._build(Snapshot(), None, frozenset())
         if isinstance(initial, list):  # pragma: no cover - an empty snapshot always builds
@@ -97,7 +78,7 @@ class DataPlane:
         settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout)
         self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
         self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
-        self._admin: Any = None
+        self._admin: AdminServer | None = None
         self._started = False
 
     # --- state --------------------------------------------------------------------------------
@@ -128,7 +109,7 @@ class DataPlane:
 
     @property
     def admin_port(self) -> int:
-        return int(self._admin.port) if self._admin is not None else 0
+        return self._admin.port if self._admin is not None else 0
 
     @property
     def live_connections(self) -> int:
@@ -185,45 +166,35 @@ class DataPlane:
         checksum = snapshot.checksum or snapshot.canonical().checksum
         return _Applied(snapshot, checksum, edge, http_table, frozenset(seen))
 
-    def _make_http_settings(self) -> Any:
-        if not self._engine.available:
-            return None
-        return self._engine.table.HTTPSettings(https_redirect_port=self.config.https_redirect_port)
+    def _build_http(self, snapshot: Snapshot, previous: HTTPTable | None) -> HTTPTable:
+        return build_http_table(snapshot, previous, self.metrics, self._http_settings)
 
-    def _build_http(self, snapshot: Snapshot, previous: Any) -> Any:
-        if not self._engine.available:
-            return None
-        return self._engine.table.build_http_table(snapshot, previous, self.metrics, self._http_settings)
-
-    def _app_factory(self, http_table: Any) -> Any:
-        engine = self._engine
-        metrics = self.metrics
+    def _app_factory(self, http_table: HTTPTable) -> AppFactory:
+        """The HTTP engine behind both listeners, bound to this snapshot's table."""
         if self._app_override is not None:
             return self._app_override
-        if not engine.available:
-            return lambda accepted: _Closing()
-        conn = engine.connection
+        metrics = self.metrics
 
         def app(accepted: Accepted) -> asyncio.Protocol:
             client_cert = None
             if accepted.peer_cert is not None:
-                client_cert = conn.ClientCert(True, accepted.peer_cert.subject_dn, accepted.peer_cert.issuer_dn,
-                                              accepted.peer_cert.pem)
-            info = conn.ConnectionInfo(accepted.scheme, accepted.client_addr, accepted.server_port, accepted.sni,
-                                       accepted.row, client_cert)
-            protocol: asyncio.Protocol = conn.HTTPProtocol(http_table, info, metrics)
-            return protocol
+                client_cert = ClientCert(True, accepted.peer_cert.subject_dn, accepted.peer_cert.issuer_dn,
+                                         accepted.peer_cert.pem)
+            scheme: Literal["http", "https"] = "https" if accepted.scheme == "https" else "http"
+            info = ConnectionInfo(scheme, accepted.client_addr, accepted.server_port, accepted.sni, accepted.row,
+                                  client_cert)
+            return HTTPProtocol(http_table, info, metrics)
 
         return app
 
-    def _picker_factory(self, http_table: Any) -> Any:
-        pools = getattr(http_table, "pools", None) or {}
+    def _picker_factory(self, http_table: HTTPTable) -> Callable[[Pool], EndpointPicker]:
+        pools = http_table.pools
         fallback: dict[str, RoundRobin] = {}
 
         def picker(pool: Pool) -> EndpointPicker:
             found = pools.get(pool.id)
             if found is not None:
-                return found  # type: ignore[no-any-return]
+                return found
             if pool.id not in fallback:
                 fallback[pool.id] = RoundRobin(pool)
             return fallback[pool.id]
