@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -206,3 +207,37 @@ def test_refuses_plain_admin_on_public_bind() -> None:
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 2
     assert "plain HTTP" in result.stderr
+
+
+def test_echo_backends_for_the_examples(tmp_path: Path) -> None:
+    """``python -m dataplane.echo --examples deploy/examples``: HTTP echo, HTTPS echo and TLS echo with the
+    certificates of the examples' Secrets (verified against the examples' CA)."""
+    http, https, tls = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.echo", "--examples", str(ROOT / "deploy" / "examples"),
+         "--http-port", str(http), "--https-port", str(https), "--tls-port", str(tls)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        for port in (http, https, tls):
+            wait_listening(port, proc)
+        result = curl(f"http://127.0.0.1:{http}/hi", "-H", "X-Test: 1")
+        echo = json.loads(result.stdout)
+        assert echo["path"] == "/hi" and ["X-Test", "1"] in echo["headers"] and echo["tls"] is None
+        ca_file = ROOT / "deploy" / "examples" / "ca.crt"
+        result = curl("--cacert", str(ca_file), "--resolve", f"secure-web.demo.svc:{https}:127.0.0.1",
+                      f"https://secure-web.demo.svc:{https}/s")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["tls"]["sni"] == "secure-web.demo.svc"
+        line = openssl_echo(["-connect", f"127.0.0.1:{tls}", "-servername", "direct.portcullis.test",
+                             "-verify_hostname", "direct.portcullis.test", "-CAfile", str(ca_file),
+                             "-verify_return_error"], b"raw tls\n")
+        assert line == b"raw tls\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        assert proc.stderr is not None
+        proc.stderr.close()

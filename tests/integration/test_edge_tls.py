@@ -10,7 +10,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -305,4 +305,88 @@ async def test_plain_listener_hands_connections_to_the_app(edge: DataPlane) -> N
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.http_port)
     report = json.loads(await asyncio.wait_for(reader.readline(), 10))
     assert report["scheme"] == "http" and report["server_port"] == edge.http_port
+    writer.close()
+
+
+def _intermediate(parent_key: Any, parent_name: Any, name: str) -> tuple[Any, Any]:
+    """A CA certificate signed by ``parent``: (certificate, key)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(parent_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(parent_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _chain_client(client_ca: CA, intermediates: int) -> tuple[str, str]:
+    """Client leaf issued under ``intermediates`` CA levels below the root: (chain PEM, key PEM)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    parent_key, parent_name = client_ca.key, client_ca.cert.subject
+    chain: list[Any] = []
+    for level in range(intermediates):
+        cert, key = _intermediate(parent_key, parent_name, f"Intermediate {level}")
+        chain.insert(0, cert)
+        parent_key, parent_name = key, cert.subject
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "deep")]))
+        .issuer_name(parent_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(parent_key, hashes.SHA256())
+    )
+    pem_chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in [leaf, *chain])
+    key_pem = leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode()
+    return pem_chain, key_pem
+
+
+async def test_mtls_verify_depth_is_enforced(edge: DataPlane, ca: CA) -> None:
+    from dataplane import pem
+
+    client_ca = CA("Depth CA")
+    web = certificate(ca.issue("secure.example.com"), "secure.example.com")
+    bundle = CABundle(content_id(client_ca.cert_pem), client_ca.cert_pem)
+
+    def snap(depth: int, generation: int) -> Snapshot:
+        auth = ClientAuth(bundle.id, "required", verify_depth=depth)
+        return Snapshot(generation=generation, certificates=(web,), ca_bundles=(bundle,),
+                        tls_hosts=(terminate_host("secure.example.com", web, auth),)).canonical()
+
+    chain, key = _chain_client(client_ca, intermediates=2)
+    ctx = client_context(ca.cert_pem)
+    pem.load_key_pair(ctx, chain, key)
+    assert edge.apply(snap(1, 1)) == []
+    with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, json.JSONDecodeError)):
+        await open_tls(edge.https_port, "secure.example.com", ctx)
+    assert edge.apply(snap(3, 2)) == []
+    _, writer, report = await open_tls(edge.https_port, "secure.example.com", ctx)
+    assert report["client"] == "CN=deep"
     writer.close()
