@@ -270,3 +270,26 @@ async def test_applies_never_close_a_live_passthrough_connection(
         await asyncio.sleep(0.02)
     assert dataplane.live_connections == 0
     assert gauge in dataplane.metrics.render().decode()
+
+
+async def test_many_concurrent_connections_all_route_and_all_close(
+    dataplane: DataPlane, tls_backend: tuple[TLSEcho, Issued], backend_ca: CA
+) -> None:
+    echo, _ = tls_backend
+    dataplane.apply(passthrough_snapshot(HOST, echo.port))
+    ctx = client_context(backend_ca.cert_pem)
+
+    async def one(i: int) -> bytes:
+        data, _, _ = await tls_roundtrip(dataplane.https_port, HOST, ctx, f"message {i:04d}\n".encode())
+        return data
+
+    results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert results == [f"message {i:04d}\n".encode() for i in range(100)]
+    for _ in range(200):
+        if dataplane.live_connections == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert dataplane.live_connections == 0
+    text = dataplane.metrics.render().decode()
+    assert 'portcullis_passthrough_connections_total{result="routed"} 100.0' in text
+    assert 'portcullis_client_hello_total{result="ok"} 100.0' in text

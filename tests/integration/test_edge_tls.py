@@ -148,7 +148,11 @@ async def test_tls13_minimum_per_host(edge: DataPlane, ca: CA) -> None:
     _, writer, _ = await open_tls(edge.https_port, "modern.example.com", client_context(ca.cert_pem))
     assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
     writer.close()
-    assert 'portcullis_tls_handshakes_total{reason="' in edge.metrics.render().decode()
+    text = edge.metrics.render().decode()
+    assert 'portcullis_tls_handshakes_total{reason="",result="ok"} 1.0' in text
+    failed = [line for line in text.splitlines() if line.startswith("portcullis_tls_handshakes_total{")
+              and 'result="failed"' in line]
+    assert failed, text
 
 
 async def test_contexts_refuse_old_protocols(edge: DataPlane, ca: CA) -> None:
