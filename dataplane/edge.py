@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from dataplane import clienthello, passthrough
 from dataplane.metrics import Metrics
@@ -71,6 +72,12 @@ class EdgeSettings:
     clienthello_max_bytes: int = 65536
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    zero_copy: bool = True  # splice(2) relay for passthrough where the platform has it
+
+
+class Closable(Protocol):
+    def is_closing(self) -> bool: ...
+    def close(self) -> None: ...
 
 
 class Tracker:
@@ -82,11 +89,11 @@ class Tracker:
     """
 
     def __init__(self) -> None:
-        self.transports: set[asyncio.BaseTransport] = set()
+        self.transports: set[Closable] = set()
         self.pending: set[socket.socket] = set()  # accepted, not handed off yet
         self._prune_at = 256
 
-    def add(self, transport: asyncio.BaseTransport) -> None:
+    def add(self, transport: Closable) -> None:
         self.transports.add(transport)
         if len(self.transports) >= self._prune_at:
             self.prune()
@@ -253,7 +260,7 @@ class HTTPSListener:
 
     async def _passthrough(self, request: passthrough.PassthroughRequest) -> None:
         assert self._loop is not None
-        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add)
+        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add, self.settings.zero_copy)
 
     async def _terminate(self, sock: socket.socket, client_addr: tuple[str, int], server_port: int,
                          sni: str | None, row: TLSHost | None, state: EdgeState) -> None:

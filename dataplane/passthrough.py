@@ -17,9 +17,9 @@ import logging
 import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
-from dataplane import proxy_protocol
+from dataplane import proxy_protocol, splice
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint, Pool
 
@@ -214,9 +214,15 @@ async def connect_upstream(
 
 async def serve(
     loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
-    on_client: Callable[[asyncio.BaseTransport], None] | None = None,
+    on_client: Callable[[Any], None] | None = None, zero_copy: bool = False,
 ) -> bool:
-    """Relay one accepted socket to the pool; closes the socket itself when no backend answers."""
+    """Relay one accepted socket to the pool; closes the socket itself when no backend answers.
+
+    ``zero_copy`` picks the ``splice(2)`` relay where the platform has it (the bytes stay in the
+    kernel); otherwise the Protocol pair below relays through Python.
+    """
+    if zero_copy and splice.AVAILABLE:
+        return await serve_spliced(loop, request, metrics, on_client)
     relays: dict[Endpoint, Relay] = {}
 
     def factory(endpoint: Endpoint) -> Callable[[], asyncio.Protocol]:
@@ -254,5 +260,81 @@ async def serve(
     metrics.passthrough.labels("routed").inc()
     if on_client is not None:
         on_client(client_transport)
+    relay.start()
+    return True
+
+
+async def _connect_raw(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, (endpoint.address, endpoint.port)), timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_spliced(
+    loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
+    on_client: Callable[[Any], None] | None = None,
+) -> bool:
+    """The zero-copy relay: same endpoint choice, failure marking and PROXY header as ``serve``."""
+    tried: list[Endpoint] = []
+    upstream: socket.socket | None = None
+    endpoint: Endpoint | None = None
+    try:
+        for _ in range(max(1, len(request.pool.endpoints))):
+            endpoint = request.picker.pick(request.client_addr[0], tried)
+            if endpoint is None:
+                break
+            tried.append(endpoint)
+            try:
+                upstream = await _connect_raw(loop, endpoint, request.pool.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                request.picker.failed(endpoint)
+                metrics.upstream_failures.labels(request.pool.id, "connect").inc()
+                log.info("passthrough connect failed", extra={"pool": request.pool.id, "endpoint":
+                         f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
+                continue
+            request.picker.succeeded(endpoint)
+            break
+    except BaseException:
+        request.sock.close()
+        raise
+    if upstream is None or endpoint is None:
+        result = "no_endpoint" if not request.pool.endpoints else "connect_failed"
+        metrics.passthrough.labels(result).inc()
+        close_gently(request.sock)
+        return False
+    chosen = endpoint
+    preamble = proxy_protocol.header(request.pool.proxy_protocol, request.client_addr, request.server_addr,
+                                     request.sni)
+    try:
+        if preamble:
+            await asyncio.wait_for(loop.sock_sendall(upstream, preamble), request.pool.connect_timeout)
+    except (OSError, TimeoutError):
+        upstream.close()
+        close_gently(request.sock)
+        metrics.passthrough.labels("connect_failed").inc()
+        return False
+    request.picker.started(chosen)
+    metrics.active_connections.labels("https", "passthrough").inc()
+
+    def done(relay: splice.SpliceRelay) -> None:
+        request.picker.finished(chosen)
+        metrics.active_connections.labels("https", "passthrough").dec()
+        sent, received = relay.bytes_moved()
+        if sent:
+            metrics.bytes.labels("in", "passthrough").inc(sent)
+        if received:
+            metrics.bytes.labels("out", "passthrough").inc(received)
+
+    relay = splice.SpliceRelay(loop, request.sock, upstream, done)
+    metrics.passthrough.labels("routed").inc()
+    if on_client is not None:
+        on_client(relay)
     relay.start()
     return True

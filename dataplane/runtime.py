@@ -45,6 +45,7 @@ class DataPlaneConfig:
     clienthello_max_bytes: int = 65536
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    zero_copy: bool = True  # passthrough relays with splice(2) on Linux; False: through Python (asyncio Protocols)
     drain_timeout: float = 30.0
     reuse_port: bool = False
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
@@ -75,7 +76,8 @@ class DataPlane:
         if isinstance(initial, list):  # pragma: no cover - an empty snapshot always builds
             raise RuntimeError("cannot build the empty state: " + "; ".join(initial))
         self._applied = replace(initial, checksum=None)  # nothing applied yet: report no checksum
-        settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout)
+        settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout,
+                                config.zero_copy)
         self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
         self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
         self._admin: AdminServer | None = None

@@ -7,12 +7,13 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from dataplane.echo import TLSEcho
-from dataplane.runtime import DataPlane
-from tests.integration.conftest import client_context, passthrough_snapshot, raw_connect, tls_roundtrip
+from dataplane.runtime import DataPlane, DataPlaneConfig
+from tests.integration.conftest import TOKEN, client_context, passthrough_snapshot, raw_connect, tls_roundtrip
 from tests.pki import CA, Issued
 from tests.unit.test_clienthello import real_client_hello, split_records
 
@@ -21,6 +22,19 @@ HOST = "direct.example.com"
 
 
 LOOPS = ("asyncio", "uvloop")  # the server runs on uvloop, whose transports differ in detail
+
+
+@pytest.fixture(params=["splice", "protocols"])
+async def dataplane(request: pytest.FixtureRequest) -> AsyncIterator[DataPlane]:
+    """Every passthrough test runs against both relays: zero-copy splice(2) and the asyncio Protocol pair."""
+    dp = DataPlane(DataPlaneConfig(bind="127.0.0.1", https_port=0, http_port=0, admin_port=0, admin_token=TOKEN,
+                                   drain_timeout=0.5, clienthello_timeout=3.0,
+                                   zero_copy=request.param == "splice"))
+    await dp.start()
+    try:
+        yield dp
+    finally:
+        await dp.stop(drain_timeout=0)
 
 async def test_passthrough_end_to_end_client_verifies_backend_certificate(
     dataplane: DataPlane, tls_backend: tuple[TLSEcho, Issued], backend_ca: CA
