@@ -236,6 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between runs")
     ap.add_argument("--no-load", action="store_true", help="skip the proxy comparison")
     ap.add_argument("--no-scale", action="store_true", help="skip render/apply/memory/latency-under-apply")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="profile Portcullis per mode after the measured runs (perf + py-spy)")
     ap.add_argument("--scale-sizes", default="1000,10000")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--work", default="", help="work directory (default: a fresh temporary one)")
@@ -286,6 +288,16 @@ def main(argv: list[str] | None = None) -> int:
             results["unavailable"] = harness.unavailable
             if not args.no_load:
                 results["points"] = harness.run_points()
+            if args.profile and "portcullis" in harness.procs:
+                from bench import profile
+
+                try:
+                    prof = profile.profile(world, harness.procs["portcullis"], 5.0 if args.quick else 8.0,
+                                           args.client_cpu, args.connections)
+                    results["profile_raw"] = prof
+                    results["profile"] = profile.markdown(prof)
+                except Exception:
+                    results["profile"] = "Profiling failed:\n\n```\n" + traceback.format_exc(limit=5) + "```"
             if not args.no_scale and args.idle_connections > 0:
                 try:
                     scale_out.update(scale.run_all(args, world, harness))
