@@ -349,9 +349,9 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every live process in the tree rooted at ``pid`` (plus reaped children)."""
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of every live process in the tree rooted at ``pid`` (plus reaped children)."""
+    user = system = 0
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat", "rb") as fh:
@@ -360,8 +360,13 @@ def cpu_seconds(pid: int) -> float:
             continue
         fields = data[data.rindex(b")") + 2:].split()
         # fields[0] is state (field 3); utime=14, stime=15, cutime=16, cstime=17 (1-based)
-        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    return total / CLK_TCK
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def rss_bytes(pid: int) -> int:

@@ -132,6 +132,58 @@ def profile(world: peers.World, proc: peers.Proc, seconds: float, client_cpu: st
     return results
 
 
+def _strace_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            try:
+                counts[parts[-1]] = int(parts[3])
+            except ValueError:
+                continue
+    return counts
+
+
+def syscalls(world: peers.World, procs: dict[str, peers.Proc], client_cpu: str | None,
+             connections: int, seconds: float = 3.0) -> list[dict[str, Any]]:
+    """System calls per request (``strace -f -c``) for each proxy and mode, 1 KiB keep-alive.
+
+    strace slows the proxy down a lot, so only the counts per request are kept, not the times."""
+    if not shutil.which("strace"):
+        return []
+    rows = []
+    for mode in ("passthrough", "offload", "reencrypt"):
+        for name, proc in procs.items():
+            out = world.dir / f"strace-{name}-{mode}.txt"
+            attach = [arg for pid in peers.tree(proc.pid) for arg in ("-p", str(pid))]  # nginx: master + worker
+            tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), *attach],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            row: dict[str, Any] = {"proxy": name, "mode": mode}
+            try:
+                load = loadgen.run(world.dir, loadgen.WORKLOADS["1k"], HOSTS[mode], world.proxy_port(name, mode),
+                                   seconds, connections, client_cpu)
+                row["requests"] = int(load["requests"])
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.3)
+            tracer.send_signal(2)
+            try:
+                tracer.wait(20)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait()
+            if row.get("requests") and out.exists():
+                counts = _strace_counts(out)
+                n = row["requests"]
+                ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+                row["per_request"] = {k: v / n for k, v in ranked if v / n >= 0.05}
+                row["total_per_request"] = sum(counts.values()) / n
+            rows.append(row)
+            time.sleep(0.5)
+    return rows
+
+
 def markdown(prof: dict[str, Any]) -> str:
     lines = ["Sampled after the measured runs (profiling perturbs them): `perf record -e cpu-clock` for the "
              "split by shared object, `py-spy --nonblocking` for Python frames. Shares are of the process's "
@@ -152,4 +204,14 @@ def markdown(prof: dict[str, Any]) -> str:
                                                                   for name, share in py["self"][:10]))
             lines.append("- Python, Portcullis entry point: " + ", ".join(f"{name} {share:.0%}"
                                                                          for name, share in py["entry"][:6]))
+    rows = prof.get("syscalls") or []
+    if rows:
+        lines += ["", "### System calls per request (1 KiB keep-alive, `strace -f -c`)", "",
+                  "| mode | proxy | syscalls/request | the main ones |", "|---|---|---:|---|"]
+        for r in rows:
+            if "per_request" not in r:
+                lines.append(f"| {r['mode']} | {r['proxy']} | {r.get('error', 'no data')[:100]} | |")
+                continue
+            main = ", ".join(f"{k} {v:.2f}" for k, v in list(r["per_request"].items())[:6])
+            lines.append(f"| {r['mode']} | {r['proxy']} | {r['total_per_request']:.2f} | {main} |")
     return "\n".join(lines)

@@ -84,8 +84,8 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
     if results.get("points"):
         for mode in s.get("modes", []):
             lines += ["", f"## {mode}", "",
-                      "| workload | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | ratio to HAProxy CPU "
-                      "| backend CPU µs/req | errors |",
+                      "| workload | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req (user + sys) "
+                      "| ratio to HAProxy CPU | backend CPU µs/req | errors |",
                       "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
             for wl in s.get("workloads", []):
                 base = _median(results, mode, wl, "haproxy", "proxy_cpu_us_per_req")
@@ -103,7 +103,9 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
                     p99 = med.get("p99_us")
                     lines.append(
                         f"| {wl} | {proxy} | {_fmt(med.get('rps'))} | {_fmt(p50 / 1000 if p50 else None, 2)} | "
-                        f"{_fmt(p99 / 1000 if p99 else None, 2)} | {_fmt(cpu, 1)} | {_fmt(ratio, 2)} | "
+                        f"{_fmt(p99 / 1000 if p99 else None, 2)} | {_fmt(cpu, 1)} "
+                        f"({_fmt(med.get('proxy_user_us_per_req'), 1)} + {_fmt(med.get('proxy_sys_us_per_req'), 1)}) "
+                        f"| {_fmt(ratio, 2)} | "
                         f"{_fmt(med.get('backend_cpu_us_per_req'), 1)} | {_fmt(med.get('errors'))} |")
         lines += ["", "## Targets (Portcullis ÷ HAProxy 1 thread, same run)", "",
                   "| point | target | Portcullis | HAProxy | ratio | verdict |", "|---|---:|---:|---:|---:|---|"]
