@@ -1,0 +1,144 @@
+"""The e2e tier's cluster: the local rig (e2e/cluster/up: etcd + kube-apiserver + kube-controller-manager on this
+machine, network-namespace pods) or, when ``KUBECONFIG`` is set, that cluster (with the chart installed).
+
+The rig is shared: several pytest sessions (engineers, CI) may use one rig at once. Each session holds a shared
+flock on ``<state>/users.lock`` while it runs; at the end the last user tears the rig down, but only when a test
+session started it (a rig brought up by hand stays up). Rig failures fail loudly with the component's log tail;
+nothing here skips because the rig is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from e2e.harness import Edge
+from e2e.kube import Cluster, Kube, api_client
+from e2e.netns import PodFactory
+
+E2E = Path(__file__).resolve().parent
+UP, DOWN = E2E / "cluster" / "up", E2E / "cluster" / "down"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("PORTCULLIS_E2E_STATE", "/tmp/portcullis-e2e"))
+
+
+def _flock(handle: IO[str], mode: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def _rig_up(state: Path) -> tuple[Path, bool]:
+    try:
+        done = subprocess.run([str(UP)], capture_output=True, text=True, timeout=2400, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"e2e/cluster/up did not finish in {exc.timeout}s:\n{exc.stderr!s}", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"e2e/cluster/up failed (exit {done.returncode}):\n{done.stderr}", pytrace=False)
+    fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    if "KUBECONFIG" not in fields:
+        pytest.fail(f"e2e/cluster/up printed no KUBECONFIG:\n{done.stdout}\n{done.stderr}", pytrace=False)
+    return Path(fields["KUBECONFIG"]), fields.get("RIG") == "started"
+
+
+def _rig_down(state: Path) -> None:
+    done = subprocess.run([str(DOWN)], capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"e2e/cluster/down failed (exit {done.returncode}):\n{done.stderr}")
+
+
+def _check_reachable(cluster: Cluster) -> None:
+    from kubernetes import client
+
+    try:
+        client.VersionApi(cluster.kube.api).get_code()
+    except Exception as exc:  # any failure: reported with the apiserver log
+        pytest.fail(f"the API server at {cluster.kubeconfig} does not answer ({exc!r}).\n"
+                    f"kube-apiserver log tail:\n{cluster.log_tail()}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        found = Cluster(Path(external), Kube(api_client(Path(external))), local_rig=False, state_dir=None)
+        _check_reachable(found)
+        yield found
+        return
+    state = _state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "users.lock").open("a+") as users:
+        if not _flock(users, fcntl.LOCK_SH, timeout=600):
+            pytest.fail("another session held the rig exclusively (tearing it down) for 10 minutes", pytrace=False)
+        kubeconfig, started = _rig_up(state)
+        if started:
+            (state / "owned-by-tests").write_text(str(os.getpid()))
+        found = Cluster(kubeconfig, Kube(api_client(kubeconfig)), local_rig=True, state_dir=state)
+        _check_reachable(found)
+        try:
+            yield found
+        finally:
+            found.kube.api.close()  # type: ignore[no-untyped-call]
+            keep = os.environ.get("PORTCULLIS_E2E_KEEP") == "1"
+            if not keep and (state / "owned-by-tests").exists() and _flock(users, fcntl.LOCK_EX, timeout=0):
+                _rig_down(state)  # we are the last user of a rig that a test session started
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Kube:
+    return cluster.kube
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace per test, deleted (not awaited) afterwards: the namespace controller empties it."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+                                                                     "labels": {"portcullis.io/e2e": "true"}}})
+    yield name
+    kube.delete("v1", "Namespace", name)
+
+
+@pytest.fixture
+def pods(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PodFactory]:
+    """Network-namespace pods on the rig's bridge; every one is removed after the test, logs kept in tmp_path."""
+    if not cluster.local_rig or cluster.state_dir is None:
+        pytest.skip("network-namespace pods exist only on the local rig (KUBECONFIG points at another cluster)")
+    factory = PodFactory(cluster.state_dir, tmp_path / "pod-logs")
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def edge(cluster: Cluster, namespace: str, pods: PodFactory, tmp_path: Path) -> Iterator[Edge]:
+    """A Portcullis installation private to this test (see e2e/harness.py); controllers stopped afterwards,
+    pods removed by ``pods``."""
+    installed = Edge(cluster, namespace, pods, tmp_path)
+    try:
+        yield installed
+    finally:
+        installed.stop_all()
