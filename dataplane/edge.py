@@ -73,6 +73,7 @@ class EdgeSettings:
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     zero_copy: bool = True  # splice(2) relay for passthrough where the platform has it
+    max_pending: int = 10000  # connections still sending their ClientHello; beyond, new ones are closed
 
 
 class Closable(Protocol):
@@ -90,7 +91,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self.transports: set[Closable] = set()
-        self.pending: set[socket.socket] = set()  # accepted, not handed off yet
+        self.pending: set[Closable] = set()  # accepted, still sending the ClientHello
         self._prune_at = 256
 
     def add(self, transport: Closable) -> None:
@@ -108,8 +109,8 @@ class Tracker:
         return len(self.transports) + len(self.pending)
 
     def close_pending(self) -> None:
-        for sock in list(self.pending):
-            sock.close()
+        for collector in list(self.pending):
+            collector.close()  # unregisters its reader and timers before the fd number can be reused
         self.pending.clear()
 
     def abort_all(self) -> None:
@@ -226,6 +227,10 @@ class HTTPSListener:
                     log.error("accept failed: out of resources", extra={"error": str(exc)})
                     return
                 continue
+            if len(self.tracker.pending) >= self.settings.max_pending:  # a slowloris flood must not take every fd
+                self.metrics.client_hello.labels("overload").inc()
+                conn.close()
+                continue
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -313,7 +318,7 @@ class _HelloCollector:
         self.lowat = 1
         self.retry: asyncio.TimerHandle | None = None
         self.reading = False
-        listener.tracker.pending.add(sock)
+        listener.tracker.pending.add(self)
         self.deadline = self.loop.call_later(listener.settings.clienthello_timeout, self._timed_out)
         self._watch()
 
@@ -335,7 +340,7 @@ class _HelloCollector:
     def _done(self) -> None:
         self._unwatch()
         self.deadline.cancel()
-        self.listener.tracker.pending.discard(self.sock)
+        self.listener.tracker.pending.discard(self)
         if self.lowat != 1:
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
@@ -348,6 +353,14 @@ class _HelloCollector:
 
     def _timed_out(self) -> None:
         self._close("timeout")
+
+    def is_closing(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def close(self) -> None:
+        """Stop waiting (the data plane is stopping): same clean-up as any other end."""
+        if not self.is_closing():
+            self._close("shutdown")
 
     def _readable(self) -> None:
         try:

@@ -394,3 +394,26 @@ async def test_mtls_verify_depth_is_enforced(edge: DataPlane, ca: CA) -> None:
     _, writer, report = await open_tls(edge.https_port, "secure.example.com", ctx)
     assert report["client"] == "CN=deep"
     writer.close()
+
+
+async def test_pending_client_hellos_are_capped() -> None:
+    from dataplane.edge import EdgeSettings, HTTPSListener, Tracker
+    from dataplane.metrics import Metrics
+
+    metrics, tracker = Metrics(), Tracker()
+    dp = DataPlane(DataPlaneConfig(https_port=0, http_port=0, admin_port=0, admin_token=TOKEN))
+    listener = HTTPSListener(dp._edge_state, metrics, EdgeSettings(clienthello_timeout=5, max_pending=3), tracker)
+    port = await listener.start("127.0.0.1", 0)
+    socks = [await asyncio.to_thread(raw_connect, port) for _ in range(5)]
+    try:
+        for _ in range(100):
+            if 'result="overload"} 2.0' in metrics.render().decode():
+                break
+            await asyncio.sleep(0.02)
+        assert 'portcullis_client_hello_total{result="overload"} 2.0' in metrics.render().decode()
+        assert len(tracker.pending) == 3
+    finally:
+        for sock in socks:
+            sock.close()
+        listener.stop_accepting()
+        tracker.close_pending()
