@@ -26,6 +26,7 @@ from tests.integration.http_fixtures import (
     vhost,
 )
 
+LOOPS = ("asyncio", "uvloop")  # production runs uvloop, whose transports differ in detail
 
 async def simple_snapshot(*backends: object, **pool_kw: object):  # type: ignore[no-untyped-def]
     eps = [b.endpoint for b in backends]  # type: ignore[attr-defined]

@@ -27,6 +27,8 @@ from tests.integration.http_fixtures import (
 )
 from tests.pki import CA
 
+LOOPS = ("asyncio", "uvloop")  # production runs uvloop, whose transports differ in detail
+
 BACKEND_NAME = "secure-web.demo.svc"
 
 
