@@ -292,14 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_load:
                 results["points"] = harness.run_points()
             if args.profile and "portcullis" in harness.procs:
-                from bench import profile
+                from bench import profiling
 
                 try:
-                    prof = profile.profile(world, harness.procs["portcullis"], 5.0 if args.quick else 8.0,
+                    prof = profiling.profile(world, harness.procs["portcullis"], 5.0 if args.quick else 8.0,
                                            args.client_cpu, args.connections)
-                    prof["syscalls"] = profile.syscalls(world, harness.procs, args.client_cpu, args.connections)
+                    prof["syscalls"] = profiling.syscalls(world, harness.procs, args.client_cpu, args.connections)
                     results["profile_raw"] = prof
-                    results["profile"] = profile.markdown(prof)
+                    results["profile"] = profiling.markdown(prof)
                 except Exception:
                     results["profile"] = "Profiling failed:\n\n```\n" + traceback.format_exc(limit=5) + "```"
             if not args.no_scale and args.idle_connections > 0:

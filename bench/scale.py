@@ -226,6 +226,34 @@ def _classify(samples: list[list[float]], windows: list[tuple[float, float]]) ->
             "baseline_samples": len(baseline), "applies": len(windows)}
 
 
+def apply_profile(world: World, n: int, top: int = 12) -> list[tuple[str, int, float, float]]:
+    """cProfile of one direct ``DataPlane.apply`` of ``n`` Ingresses: (function, calls, self s, cumulative s)."""
+    import cProfile
+    import pstats
+
+    from controller.model import Inputs
+    from controller.render import RenderConfig, render
+    from dataplane.runtime import DataPlane, DataPlaneConfig
+    from dataplane.snapshot import Snapshot
+
+    snapshot, _ = render(Inputs.from_objects(make_objects(world, n))[0], RenderConfig())
+    body = snapshot.with_generation(1).to_json()
+    dp = DataPlane(DataPlaneConfig(bind=BIND, https_port=0, http_port=0, admin_port=0, admin_enabled=False))
+    prof = cProfile.Profile()
+    prof.enable()
+    errors = dp.apply(Snapshot.from_json(body))
+    prof.disable()
+    if errors:
+        raise RuntimeError(f"apply refused: {errors[:3]}")
+    stats = pstats.Stats(prof)
+    rows = []
+    for (path, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = path.replace(str(peers.ROOT) + "/", "")
+        rows.append((f"{where}:{line}({func})", calls, tottime, cumtime))
+    rows.sort(key=lambda r: -r[3])
+    return rows[:top]
+
+
 def render_apply(world: World, sizes: list[int]) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
@@ -299,6 +327,12 @@ def run_all(args: Any, world: World, harness: Any = None) -> dict[str, Any]:
     finally:
         backend.stop()
     out["render_apply"] = rows
+    if args.scale_sizes:
+        try:
+            out["apply_profile"] = {"ingresses": min(args.scale_sizes),
+                                    "rows": apply_profile(world, min(args.scale_sizes))}
+        except Exception as exc:
+            out["apply_profile"] = {"error": f"{type(exc).__name__}: {exc}"}
     out["notes"].append("Render = Inputs.from_objects + render() over N Ingresses (alternately offload and reencrypt, "
                         "each with its own ECDSA certificate). Apply = PUT /snapshot to an in-process DataPlane "
                         "(uvloop) through its admin API: parse, validate, build SSLContexts and tables, swap; the "
