@@ -95,6 +95,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._started = 0.0
         self._label = NO_HOST_LABEL
         self._hsts: bytes | None = None
+        self._pending = b""  # response head not yet written
 
     # --- asyncio callbacks: client side ---------------------------------------------------------
 
@@ -366,23 +367,36 @@ class HTTPProtocol(asyncio.Protocol):
         keep = self._keep_alive and framing != UNTIL_CLOSE and self._req_done
         self._keep_alive = keep
         self._framing = framing
-        transport.write(client_response_head(resp, framing, keep, req.version, self._hsts))
+        # Held back until the first body piece (or the end of this read) so head and body share one write.
+        self._pending = client_response_head(resp, framing, keep, req.version, self._hsts)
         self._table.count(self._label, status)
         self._table.observe(self._label, self._now() - self._started)
 
     def upstream_body(self, data: bytes) -> None:
         transport = self._transport
         assert transport is not None
+        pending = self._pending
         if self._framing == CHUNKED:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            transport.write(b"%b%x\r\n%b\r\n" % (pending, len(data), data))
+        elif pending:
+            transport.write(pending + data)
         else:
             transport.write(data)
+        self._pending = b""
+
+    def upstream_flush(self) -> None:
+        if self._pending and self._transport is not None:
+            self._transport.write(self._pending)
+            self._pending = b""
 
     def upstream_done(self) -> None:
         transport = self._transport
         assert transport is not None
         if self._framing == CHUNKED:
-            transport.write(LAST_CHUNK)
+            transport.write(self._pending + LAST_CHUNK)
+        elif self._pending:
+            transport.write(self._pending)
+        self._pending = b""
         conn = self._conn
         self._conn = None
         if conn is not None:
@@ -404,6 +418,7 @@ class HTTPProtocol(asyncio.Protocol):
         if conn is not None and self._upstream is not None:
             self._upstream.balancer.finished(conn.endpoint)
         if self._state == _TUNNEL or self._resp_started:
+            self.upstream_flush()
             self._close()  # a response already under way cannot become an error response
             return
         req = self._req

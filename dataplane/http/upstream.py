@@ -49,6 +49,7 @@ class ResponseSink(Protocol):
     def upstream_done(self) -> None: ...
     def upstream_lost(self, status: int, reason: str, message: str) -> None: ...
     def upstream_tunnel(self, data: bytes) -> None: ...
+    def upstream_flush(self) -> None: ...  # end of one read: write anything held back
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
 
@@ -269,6 +270,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._receive(data, sink)
         except ParseError as exc:
             self._fail(502, "bad_response", f"bad response from upstream: {exc.reason}")
+            return
+        if self.sink is not None:
+            sink.upstream_flush()
 
     def _receive(self, data: bytes, sink: ResponseSink) -> None:
         while data:
