@@ -143,6 +143,11 @@ class HTTPProtocol(asyncio.Protocol):
         if self._state == _TUNNEL and up is not None and up.can_write_eof():
             up.write_eof()  # half-close through the tunnel
             return True
+        if self._state == _REQUEST and self._req_done:
+            # The client sent its whole request and then shut down its sending side: still answer it,
+            # then close (asyncio ignores the True on TLS transports, which cannot half-close).
+            self._keep_alive = False
+            return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

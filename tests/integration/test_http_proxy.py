@@ -435,3 +435,33 @@ async def test_raw_response_reader_sanity() -> None:
         await read_response(reader)
     writer.close()
     backend.close()
+
+
+async def test_client_half_close_still_gets_its_response() -> None:
+    backend = await start_echo()
+    async with proxy(await simple_snapshot(backend)) as px:
+        client = await Client.open(px.port)
+        await client.send(b"GET /half HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        client.writer.write_eof()
+        r = await client.response()
+        assert r.status == 200 and r.json()["path"] == "/half" and r.header("Connection") == "close"
+        assert await client.closed()
+    backend.close()
+
+
+async def test_504_on_connect_timeout_tls_handshake_never_answered() -> None:
+    """A backend that accepts TCP but never speaks TLS: the connect (handshake) times out -> 504."""
+    from dataplane.snapshot import UpstreamTLS
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: RawBackend) -> None:
+        await reader.read()  # swallow the ClientHello, answer nothing, until the proxy gives up
+
+    backend = await start_raw(script)
+    snap = await simple_snapshot(backend, tls=UpstreamTLS("x.svc"), connect_timeout=0.3)
+    async with proxy(snap) as px:
+        client = await Client.open(px.port)
+        r = await client.get("/")
+        assert r.status == 504 and b"connect timed out" in r.body
+        assert px.metric("portcullis_upstream_failures_total", pool="p", reason="connect_timeout") == 1
+        await client.close()
+    backend.close()
