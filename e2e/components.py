@@ -123,7 +123,8 @@ class Controller:
         if self.publish_address:
             args += ["--publish-address", self.publish_address]
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        # KUBECONFIG too: kopf's own login reads only the environment / default path, not --kubeconfig.
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(_portcullis(*args), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
