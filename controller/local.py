@@ -86,7 +86,7 @@ class LocalServer:
         self._generation = 0
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
 
-    def reload(self) -> list[str]:
+    async def reload(self) -> list[str]:
         """Render and apply; returns why nothing changed (empty: applied or already current)."""
         self._fingerprint = fingerprint(self.paths)
         rendered = render_paths(self.paths, self.render_config)
@@ -97,7 +97,7 @@ class LocalServer:
         if rendered.snapshot.checksum == self.dataplane.checksum:
             return []
         self._generation += 1
-        errors = self.dataplane.apply(rendered.snapshot.with_generation(self._generation))
+        errors = await self.dataplane.apply_async(rendered.snapshot.with_generation(self._generation))
         if errors:
             self._generation -= 1
             for error in errors:
@@ -116,7 +116,7 @@ class LocalServer:
                 await asyncio.wait_for(stop.wait(), interval)
             if not stop.is_set() and self.changed():
                 self._say("manifests changed; re-rendering")
-                self.reload()
+                await self.reload()
 
     def _say(self, text: str) -> None:
         print(f"portcullis local: {text}", file=self.out, flush=True)
@@ -145,7 +145,7 @@ async def serve(args: argparse.Namespace) -> int:
         https_redirect_port=args.https_redirect_port or args.https_port,
     )
     server = LocalServer(args.paths, render_config(args), config)
-    if server.reload() and server.dataplane.checksum is None:
+    if await server.reload() and server.dataplane.checksum is None:
         return 2
     try:
         await server.dataplane.start()

@@ -82,6 +82,7 @@ class DataPlane:
         self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
         self._admin: AdminServer | None = None
         self._started = False
+        self._apply_lock = asyncio.Lock()
 
     # --- state --------------------------------------------------------------------------------
 
@@ -125,11 +126,31 @@ class DataPlane:
     def apply(self, snapshot: Snapshot) -> list[str]:
         """Validate, build, swap. Returns the reasons it was refused (empty: applied)."""
         started = time.perf_counter()
+        return self._swap(snapshot, self._build_safely(snapshot, self._applied), started)
+
+    async def apply_async(self, snapshot: Snapshot) -> list[str]:
+        """``apply`` for the event loop: validation and OpenSSL loading run in a worker thread.
+
+        Building 10k certificate contexts takes seconds; in a thread, the interpreter's switch
+        interval hands the loop the GIL every few milliseconds, so live connections keep flowing.
+        Only the final swap runs on the loop. Applies are serialised, so they cannot interleave.
+        """
+        async with self._apply_lock:
+            started = time.perf_counter()
+            previous = self._applied
+            result = await asyncio.to_thread(self._build_safely, snapshot, previous)
+            if self._applied is not previous:  # a synchronous apply slipped in meanwhile: build on top of it
+                result = self._build_safely(snapshot, self._applied)
+            return self._swap(snapshot, result, started)
+
+    def _build_safely(self, snapshot: Snapshot, previous: _Applied) -> _Applied | list[str]:
         try:
-            result = self._build(snapshot, self._applied, self._applied.verified)
+            return self._build(snapshot, previous, previous.verified)
         except Exception as exc:  # a bug in a builder must refuse the snapshot, not kill the data plane
             log.exception("snapshot build failed")
-            result = [f"internal error while building the snapshot: {type(exc).__name__}: {exc}"]
+            return [f"internal error while building the snapshot: {type(exc).__name__}: {exc}"]
+
+    def _swap(self, snapshot: Snapshot, result: _Applied | list[str], started: float) -> list[str]:
         if isinstance(result, list):
             self.metrics.snapshot_applies.labels("invalid").inc()
             log.warning("snapshot refused", extra={"generation": snapshot.generation, "errors": result[:20]})
