@@ -58,6 +58,9 @@ class DataPlane:
     pod: NetnsPod
     pki: AdminPKI
 
+    https_port = HTTPS_PORT
+    http_port = HTTP_PORT
+
     @property
     def address(self) -> str:
         return self.pod.address

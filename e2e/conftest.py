@@ -20,6 +20,7 @@ from typing import IO
 
 import pytest
 
+from e2e.cluster_edge import ClusterEdge
 from e2e.harness import Edge
 from e2e.kube import Cluster, Kube, api_client
 from e2e.netns import PodFactory
@@ -134,11 +135,21 @@ def pods(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> It
 
 
 @pytest.fixture
-def edge(cluster: Cluster, namespace: str, pods: PodFactory, tmp_path: Path) -> Iterator[Edge]:
-    """A Portcullis installation private to this test (see e2e/harness.py); controllers stopped afterwards,
-    pods removed by ``pods``."""
-    installed = Edge(cluster, namespace, pods, tmp_path)
+def edge(cluster: Cluster, namespace: str, tmp_path: Path,
+         request: pytest.FixtureRequest) -> Iterator[Edge | ClusterEdge]:
+    """A Portcullis installation for this test: on the rig, private processes (e2e/harness.py), stopped afterwards
+    (pods removed by ``pods``); on another cluster, the chart's installation (e2e/cluster_edge.py)."""
+    if not cluster.local_rig:
+        yield ClusterEdge(cluster, namespace, tmp_path)
+        return
+    installed = Edge(cluster, namespace, request.getfixturevalue("pods"), tmp_path)
     try:
         yield installed
     finally:
         installed.stop_all()
+
+
+@pytest.fixture
+def any_edge(edge: Edge | ClusterEdge) -> Edge | ClusterEdge:
+    """``edge`` under a name that says the test narrows it itself (``require_local``)."""
+    return edge

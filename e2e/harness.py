@@ -21,6 +21,10 @@ T = TypeVar("T")
 
 
 class Edge:
+    """On the local rig the test owns every process, so it can also kill, restart and double them."""
+
+    local = True
+
     def __init__(self, cluster: Cluster, namespace: str, pods: PodFactory, work_dir: Path) -> None:
         self.cluster = cluster
         self.kube: Kube = cluster.kube
@@ -32,6 +36,9 @@ class Edge:
         self.dataplanes: list[DataPlane] = []
         self.controllers: dict[str, Controller] = {}
         self.publish_dataplanes()
+
+    def require_local(self, why: str) -> None:
+        """Tests that kill or start Portcullis processes call this; on the rig they always may."""
 
     # ------------------------------------------------------------------ data planes
     def add_dataplane(self) -> DataPlane:
@@ -75,7 +82,7 @@ class Edge:
 
     def stop_all(self) -> None:
         for controller in self.controllers.values():
-            controller.stop()
+            controller.stop(timeout=2.0)  # teardown: kopf's graceful exit is not under test here
 
     # ------------------------------------------------------------------ backends
     def backend(self, service: str, mode: Literal["http", "https", "tls"] = "http", cert: Issued | None = None,

@@ -16,11 +16,12 @@ from cryptography import x509
 from kubernetes import client
 
 from e2e.client import Answer, http_get, https_get, tls_echo
-from e2e.components import HTTP_PORT, HTTPS_PORT, DataPlane
+from e2e.cluster_edge import ClusterEdge
 from e2e.harness import Edge
 from e2e.objects import ca_secret, ingress, tls_secret
 from tests.pki import CA, Issued
 
+AnyEdge = Edge | ClusterEdge
 CHANGE_BOUND = 3.0   # the issue: traffic, deletions and rotations take effect within 3 s
 TAKEOVER_BOUND = 15.0
 
@@ -39,12 +40,19 @@ def serial(cert: x509.Certificate | None) -> int | None:
     return cert.serial_number if cert is not None else None
 
 
-def ready_edge(edge: Edge, **controller: Any) -> DataPlane:
+def ready_edge(edge: AnyEdge, **controller: Any) -> Any:
     """One data plane and one controller, the data plane ready (so later bounds measure changes, not start-up)."""
-    dataplane = edge.add_dataplane()
+    dataplane: Any = edge.add_dataplane()
     edge.add_controller(**controller)
     edge.wait_ready(dataplane)
     return dataplane
+
+
+def local(edge: AnyEdge, why: str) -> Edge:
+    """The rig's edge, or a skip naming why the test needs processes it owns (on a chart-installed cluster)."""
+    edge.require_local(why)
+    assert isinstance(edge, Edge)
+    return edge
 
 
 def ok(probe: Any) -> Any:
@@ -59,6 +67,18 @@ def ok(probe: Any) -> Any:
     return run
 
 
+def plain(target: Any, host: str) -> Answer:
+    return http_get(target.address, target.http_port, host)
+
+
+def secure(target: Any, host: str, ca_pem: str) -> Answer:
+    return https_get(target.address, target.https_port, host, ca_pem=ca_pem)
+
+
+def relay(target: Any, host: str, payload: bytes, ca_pem: str) -> tuple[bytes, x509.Certificate]:
+    return tls_echo(target.address, target.https_port, host, payload, ca_pem)
+
+
 def served_by(answer: Answer, backend: str) -> bool:
     return answer.status == 200 and answer.json().get("server") == backend
 
@@ -66,19 +86,19 @@ def served_by(answer: Answer, backend: str) -> bool:
 # ---------------------------------------------------------------------------- every mode
 
 
-def test_plain_http_ingress_serves_within_bound(edge: Edge) -> None:
+def test_plain_http_ingress_serves_within_bound(edge: AnyEdge) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "plain.e2e.test"
     started = time.monotonic()
     edge.kube.apply(ingress("plain", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
     answer = edge.eventually(f"plain HTTP to {host} through the data plane", ok(lambda: (
-        a := http_get(dataplane.address, HTTP_PORT, host)) and served_by(a, "web") and a), CHANGE_BOUND)
+        a := plain(dataplane, host)) and served_by(a, "web") and a), CHANGE_BOUND)
     assert answer.json()["tls"] is None
     assert time.monotonic() - started <= CHANGE_BOUND + 0.5
 
 
-def test_offload_terminates_with_the_secret_certificate(edge: Edge, edge_ca: CA) -> None:
+def test_offload_terminates_with_the_secret_certificate(edge: AnyEdge, edge_ca: CA) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "offload.e2e.test"
@@ -87,7 +107,7 @@ def test_offload_terminates_with_the_secret_certificate(edge: Edge, edge_ca: CA)
                      ingress("offload", host, "web", 80, edge.ingress_class, tls_secret="offload-tls")],
                     namespace=edge.namespace)
     answer = edge.eventually(f"HTTPS to {host} (offload)", ok(lambda: (
-        a := https_get(dataplane.address, HTTPS_PORT, host, ca_pem=edge_ca.cert_pem)) and served_by(a, "web")
+        a := secure(dataplane, host, ca_pem=edge_ca.cert_pem)) and served_by(a, "web")
         and a), CHANGE_BOUND)
     assert serial(answer.peer_cert) == cert.cert.serial_number
     seen = answer.json()
@@ -95,7 +115,7 @@ def test_offload_terminates_with_the_secret_certificate(edge: Edge, edge_ca: CA)
     assert dict((k.lower(), v) for k, v in seen["headers"])["x-forwarded-proto"] == "https"
 
 
-def test_reencrypt_verifies_the_backend_and_speaks_tls_to_it(edge: Edge, edge_ca: CA, backend_ca: CA) -> None:
+def test_reencrypt_verifies_the_backend_and_speaks_tls_to_it(edge: AnyEdge, edge_ca: CA, backend_ca: CA) -> None:
     dataplane = ready_edge(edge)
     edge.backend("secure", "https", cert=backend_ca.issue(f"secure.{edge.namespace}.svc"))
     host = "reencrypt.e2e.test"
@@ -107,22 +127,22 @@ def test_reencrypt_verifies_the_backend_and_speaks_tls_to_it(edge: Edge, edge_ca
             "portcullis.io/tls-mode": "reencrypt", "portcullis.io/backend-ca-secret": "backend-ca"}),
     ], namespace=edge.namespace)
     answer = edge.eventually(f"HTTPS to {host} (reencrypt)", ok(lambda: (
-        a := https_get(dataplane.address, HTTPS_PORT, host, ca_pem=edge_ca.cert_pem)) and served_by(a, "secure")
+        a := secure(dataplane, host, ca_pem=edge_ca.cert_pem)) and served_by(a, "secure")
         and a), CHANGE_BOUND)
     assert serial(answer.peer_cert) == cert.cert.serial_number
     assert answer.json()["tls"] is not None  # the backend saw TLS from the data plane
     assert answer.json()["tls"]["sni"] == f"secure.{edge.namespace}.svc"
 
 
-def test_passthrough_relays_tls_to_the_backend(edge: Edge, backend_ca: CA) -> None:
+def test_passthrough_relays_tls_to_the_backend(edge: AnyEdge, backend_ca: CA) -> None:
     dataplane = ready_edge(edge)
     host = "passthrough.e2e.test"
     backend_cert = backend_ca.issue(host)
     edge.backend("direct", "tls", cert=backend_cert)
     edge.kube.apply(ingress("direct", host, "direct", 443, edge.ingress_class,
                             annotations={"portcullis.io/tls-mode": "passthrough"}), namespace=edge.namespace)
-    echoed, peer = edge.eventually(f"TLS to {host} (passthrough)", ok(lambda: tls_echo(
-        dataplane.address, HTTPS_PORT, host, b"hello through the edge", backend_ca.cert_pem)), CHANGE_BOUND)
+    echoed, peer = edge.eventually(f"TLS to {host} (passthrough)", ok(
+        lambda: relay(dataplane, host, b"hello through the edge", backend_ca.cert_pem)), CHANGE_BOUND)
     assert echoed == b"hello through the edge"
     assert peer.serial_number == backend_cert.cert.serial_number  # the backend's own certificate, end to end
 
@@ -130,20 +150,20 @@ def test_passthrough_relays_tls_to_the_backend(edge: Edge, backend_ca: CA) -> No
 # ---------------------------------------------------------------------------- changes
 
 
-def test_deleting_the_ingress_removes_the_route(edge: Edge) -> None:
+def test_deleting_the_ingress_removes_the_route(edge: AnyEdge) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "gone.e2e.test"
     edge.kube.apply(ingress("gone", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
-    edge.eventually("route up", ok(lambda: served_by(http_get(dataplane.address, HTTP_PORT, host), "web")),
+    edge.eventually("route up", ok(lambda: served_by(plain(dataplane, host), "web")),
                     CHANGE_BOUND)
     edge.kube.delete("networking.k8s.io/v1", "Ingress", "gone", edge.namespace)
-    answer = edge.eventually("route gone", ok(lambda: (a := http_get(dataplane.address, HTTP_PORT, host))
+    answer = edge.eventually("route gone", ok(lambda: (a := plain(dataplane, host))
                                                and a.status == 404 and a), CHANGE_BOUND)
     assert "x-echo-server" not in answer.headers
 
 
-def test_rotating_the_tls_secret_serves_the_new_certificate(edge: Edge, edge_ca: CA) -> None:
+def test_rotating_the_tls_secret_serves_the_new_certificate(edge: AnyEdge, edge_ca: CA) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "rotate.e2e.test"
@@ -153,7 +173,7 @@ def test_rotating_the_tls_secret_serves_the_new_certificate(edge: Edge, edge_ca:
                     namespace=edge.namespace)
 
     def presented(issued: Issued) -> Any:
-        return ok(lambda: serial(https_get(dataplane.address, HTTPS_PORT, host, ca_pem=edge_ca.cert_pem)
+        return ok(lambda: serial(secure(dataplane, host, ca_pem=edge_ca.cert_pem)
                                  .peer_cert) == issued.cert.serial_number)
 
     edge.eventually("first certificate served", presented(first), CHANGE_BOUND)
@@ -161,7 +181,7 @@ def test_rotating_the_tls_secret_serves_the_new_certificate(edge: Edge, edge_ca:
     edge.eventually("rotated certificate served", presented(second), CHANGE_BOUND)
 
 
-def test_changing_tls_mode_switches_between_offload_and_passthrough(edge: Edge, edge_ca: CA,
+def test_changing_tls_mode_switches_between_offload_and_passthrough(edge: AnyEdge, edge_ca: CA,
                                                                       backend_ca: CA) -> None:
     dataplane = ready_edge(edge)
     host = "switch.e2e.test"
@@ -171,22 +191,22 @@ def test_changing_tls_mode_switches_between_offload_and_passthrough(edge: Edge, 
     edge.kube.apply(tls_secret("switch-tls", edge_cert.cert_pem, edge_cert.key_pem), namespace=edge.namespace)
     offload = ingress("switch", host, "web", 80, edge.ingress_class, tls_secret="switch-tls")
     edge.kube.apply(offload, namespace=edge.namespace)
-    edge.eventually("offload: the edge's certificate", ok(lambda: serial(https_get(
-        dataplane.address, HTTPS_PORT, host, ca_pem=edge_ca.cert_pem).peer_cert) == edge_cert.cert.serial_number),
+    edge.eventually("offload: the edge's certificate", ok(lambda: serial(
+        secure(dataplane, host, ca_pem=edge_ca.cert_pem).peer_cert) == edge_cert.cert.serial_number),
         CHANGE_BOUND)
 
     edge.kube.apply(ingress("switch", host, "app", 443, edge.ingress_class,
                             annotations={"portcullis.io/tls-mode": "passthrough"}), namespace=edge.namespace)
-    _, peer = edge.eventually("passthrough: the backend's certificate", ok(lambda: (r := tls_echo(
-        dataplane.address, HTTPS_PORT, host, b"x", backend_ca.cert_pem)) and r[0] == b"x" and r), CHANGE_BOUND)
+    _, peer = edge.eventually("passthrough: the backend's certificate", ok(
+        lambda: (r := relay(dataplane, host, b"x", backend_ca.cert_pem)) and r[0] == b"x" and r), CHANGE_BOUND)
     assert peer.serial_number == backend_cert.cert.serial_number
 
     edge.kube.apply(offload, namespace=edge.namespace)
-    edge.eventually("back to offload", ok(lambda: served_by(https_get(
-        dataplane.address, HTTPS_PORT, host, ca_pem=edge_ca.cert_pem), "web")), CHANGE_BOUND)
+    edge.eventually("back to offload", ok(lambda: served_by(secure(dataplane, host, ca_pem=edge_ca.cert_pem), "web")),
+                    CHANGE_BOUND)
 
 
-def test_invalid_annotation_becomes_a_warning_event(edge: Edge) -> None:
+def test_invalid_annotation_becomes_a_warning_event(edge: AnyEdge) -> None:
     ready_edge(edge)
     edge.backend("web", "http")
     edge.kube.apply(ingress("odd", "odd.e2e.test", "web", 80, edge.ingress_class,
@@ -202,11 +222,12 @@ def test_invalid_annotation_becomes_a_warning_event(edge: Edge) -> None:
     assert "fastest-please" in found[0].message
 
 
-def test_ingress_status_shows_the_published_address(edge: Edge) -> None:
+def test_ingress_status_shows_the_published_address(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "a controller started with --publish-address")
     dataplane = ready_edge(edge, publish_address="10.231.0.254")
     edge.backend("web", "http")
     edge.kube.apply(ingress("status", "status.e2e.test", "web", 80, edge.ingress_class), namespace=edge.namespace)
-    edge.eventually("route up", ok(lambda: served_by(http_get(dataplane.address, HTTP_PORT, "status.e2e.test"),
+    edge.eventually("route up", ok(lambda: served_by(plain(dataplane, "status.e2e.test"),
                                                      "web")), CHANGE_BOUND)
     networking = client.NetworkingV1Api(edge.cluster.kube.api)
 
@@ -220,26 +241,28 @@ def test_ingress_status_shows_the_published_address(edge: Edge) -> None:
 # ---------------------------------------------------------------------------- failures
 
 
-def test_data_planes_keep_serving_without_a_controller(edge: Edge) -> None:
+def test_data_planes_keep_serving_without_a_controller(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "kills the controller")
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     edge.kube.apply(ingress("stay", "stay.e2e.test", "web", 80, edge.ingress_class), namespace=edge.namespace)
-    edge.eventually("route up", ok(lambda: served_by(http_get(dataplane.address, HTTP_PORT, "stay.e2e.test"),
+    edge.eventually("route up", ok(lambda: served_by(plain(dataplane, "stay.e2e.test"),
                                                      "web")), CHANGE_BOUND)
     edge.controllers["a"].stop(signal.SIGKILL)
     assert not edge.controllers["a"].running()
     for _ in range(10):
-        assert served_by(http_get(dataplane.address, HTTP_PORT, "stay.e2e.test"), "web")
+        assert served_by(plain(dataplane, "stay.e2e.test"), "web")
         assert dataplane.ready()
         time.sleep(0.2)
 
 
-def test_restarted_data_plane_is_not_ready_until_it_gets_a_snapshot(edge: Edge) -> None:
+def test_restarted_data_plane_is_not_ready_until_it_gets_a_snapshot(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "stops the controller and restarts a data plane")
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "restart.e2e.test"
     edge.kube.apply(ingress("restart", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
-    edge.eventually("route up", ok(lambda: served_by(http_get(dataplane.address, HTTP_PORT, host), "web")),
+    edge.eventually("route up", ok(lambda: served_by(plain(dataplane, host), "web")),
                     CHANGE_BOUND)
 
     controller = edge.controllers["a"]
@@ -247,19 +270,20 @@ def test_restarted_data_plane_is_not_ready_until_it_gets_a_snapshot(edge: Edge) 
     edge.restart_dataplane(dataplane)
     for _ in range(5):  # nobody pushes now: an empty data plane must not claim readiness or serve routes
         assert dataplane.admin("/readyz")[0] == 503
-        assert http_get(dataplane.address, HTTP_PORT, host).status != 200
+        assert plain(dataplane, host).status != 200
         time.sleep(0.2)
 
     controller.start()
     edge.wait_ready(dataplane, timeout=30)
-    assert served_by(http_get(dataplane.address, HTTP_PORT, host), "web")
+    assert served_by(plain(dataplane, host), "web")
 
     edge.restart_dataplane(dataplane)  # with a controller running, the restarted pod is caught up on its own
     edge.wait_ready(dataplane, timeout=15)
-    assert served_by(http_get(dataplane.address, HTTP_PORT, host), "web")
+    assert served_by(plain(dataplane, host), "web")
 
 
-def test_two_controllers_one_leader_and_a_takeover(edge: Edge) -> None:
+def test_two_controllers_one_leader_and_a_takeover(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "runs and kills two controllers")
     dataplane = edge.add_dataplane()
     first, second = edge.add_controller("a"), edge.add_controller("b")
     edge.wait_ready(dataplane)
@@ -286,17 +310,17 @@ def test_two_controllers_one_leader_and_a_takeover(edge: Edge) -> None:
     # ...and it really leads: a new Ingress reaches the data plane.
     edge.kube.apply(ingress("after", "after.e2e.test", "web", 80, edge.ingress_class), namespace=edge.namespace)
     edge.eventually("the new leader publishes", ok(lambda: served_by(
-        http_get(dataplane.address, HTTP_PORT, "after.e2e.test"), "web")),
+        plain(dataplane, "after.e2e.test"), "web")),
         max(CHANGE_BOUND, TAKEOVER_BOUND - (time.monotonic() - killed_at)))
 
 
-def test_namespaces_and_classes_are_private_to_each_test(edge: Edge) -> None:
+def test_namespaces_and_classes_are_private_to_each_test(edge: AnyEdge) -> None:
     """The harness's isolation holds: an Ingress of another class in the same namespace is not served."""
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     other = f"someone-else-{uuid.uuid4().hex[:6]}"
     edge.kube.apply([ingress("theirs", "theirs.e2e.test", "web", 80, other),
                      ingress("ours", "ours.e2e.test", "web", 80, edge.ingress_class)], namespace=edge.namespace)
-    edge.eventually("ours served", ok(lambda: served_by(http_get(dataplane.address, HTTP_PORT, "ours.e2e.test"),
+    edge.eventually("ours served", ok(lambda: served_by(plain(dataplane, "ours.e2e.test"),
                                                         "web")), CHANGE_BOUND)
-    assert http_get(dataplane.address, HTTP_PORT, "theirs.e2e.test").status == 404
+    assert plain(dataplane, "theirs.e2e.test").status == 404
