@@ -14,29 +14,43 @@ import helm_python
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from controller.manifests import load_paths
 from e2e.conftest import cluster  # noqa: F401  (the rig fixture: brings the rig up, shares it, tears it down)
 from e2e.kube import Cluster, Kube, wait_for
-from tests.chart.rendering import Obj, all_value_sets, chart, render
+from tests.chart.rendering import ROOT, Obj, all_value_sets, chart, render
 
 pytestmark = pytest.mark.e2e
 
 FIELD_MANAGER = "portcullis-chart-test"
-# The Prometheus Operator CRD is not part of the rig; a schema-less stand-in lets the API server accept the
-# ServiceMonitor's apiVersion/kind (its fields are the operator's business, checked by the chart tests).
-SERVICE_MONITOR_CRD: Obj = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors",
-                  "singular": "servicemonitor"},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1", "served": True, "storage": True,
-                      "schema": {"openAPIV3Schema": {"type": "object",
-                                                     "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
+
+
+def stand_in_crd(group: str, kind: str, scope: str = "Namespaced") -> Obj:
+    """A schema-less CRD so the API server accepts a third party's apiVersion/kind (Prometheus Operator's
+    ServiceMonitor, cert-manager's Certificate): their fields are those projects' business."""
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
+            "scope": scope,
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                                                         "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }
+
+
+def ensure_kind(kube: Kube, group: str, kind: str, scope: str = "Namespaced") -> None:
+    kube.apply(stand_in_crd(group, kind, scope))
+
+    def served() -> Any:
+        kube.dynamic.resources.invalidate_cache()
+        return kube.resource(f"{group}/v1", kind)
+
+    wait_for(f"the {kind} CRD is served", served, timeout=30, interval=0.5)
 
 
 def dry_run_apply(kube: Kube, obj: Obj) -> Any:
@@ -80,11 +94,7 @@ def test_every_rendered_object_passes_server_side_dry_run(cluster: Cluster, name
     kube = cluster.kube
     m = render(localised(all_value_sets()[scenario], namespaces), namespace=namespaces[0], name=namespaces[0])
     if m.of_kind("ServiceMonitor"):
-        kube.apply(SERVICE_MONITOR_CRD)
-        wait_for("the ServiceMonitor CRD is served",
-                 lambda: kube.dynamic.resources.invalidate_cache() or kube.resource("monitoring.coreos.com/v1",
-                                                                                   "ServiceMonitor"),
-                 timeout=30, interval=0.5)
+        ensure_kind(kube, "monitoring.coreos.com", "ServiceMonitor")
     accepted = []
     for obj in m.objects:
         try:
@@ -152,3 +162,22 @@ def test_install_then_upgrade_keeps_the_generated_credentials(cluster: Cluster, 
         finally:
             cfg.uninstall(release, ignore_not_found=True, timeout=120)
     assert kube.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", f"{prefix}-webhook") is None
+
+
+def test_cluster_examples_pass_server_side_dry_run(cluster: Cluster, namespaces: list[str]) -> None:  # noqa: F811
+    kube = cluster.kube
+    ensure_kind(kube, "cert-manager.io", "Certificate")
+    ensure_kind(kube, "cert-manager.io", "ClusterIssuer", scope="Cluster")
+    objects = load_paths([str(ROOT / "deploy" / "cluster-examples")])
+    assert {o["kind"] for o in objects} >= {"Ingress", "Service", "Certificate", "ClusterIssuer", "Namespace"}
+    for obj in objects:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        if obj["kind"] == "Namespace":
+            meta["name"] = f"{namespaces[0]}-{meta['name']}"  # dry run: validated, never created
+        elif "namespace" in meta:
+            meta["namespace"] = namespaces[0]
+        try:
+            dry_run_apply(kube, obj)
+        except ApiException as exc:
+            pytest.fail(f"{obj['kind']} {meta['name']} rejected by the API server: {exc.body}")
