@@ -241,8 +241,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-scale", action="store_true", help="skip render/apply/memory/latency-under-apply")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="profile Portcullis per mode after the measured runs (perf + py-spy)")
-    ap.add_argument("--scale-sizes", default="1000,10000")
-    ap.add_argument("--idle-connections", type=int, default=10000)
+    ap.add_argument("--scale-sizes", default=None, help="Ingress counts for render/apply (default 1000,10000; "
+                    "--quick: 1000)")
+    ap.add_argument("--idle-connections", type=int, default=None, help="default 10000 (--quick: 2000)")
     ap.add_argument("--work", default="", help="work directory (default: a fresh temporary one)")
     ap.add_argument("--out", default=str(BENCH_DIR / "results"), help="where the raw JSON goes")
     ap.add_argument("--markdown", default=str(BENCH_DIR / "RESULTS.md"))
@@ -250,10 +251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.reps = 3.0, 1
-        if args.scale_sizes == "1000,10000":
-            args.scale_sizes = "1000"
-        if args.idle_connections == 10000:
-            args.idle_connections = 2000
+    if args.scale_sizes is None:
+        args.scale_sizes = "1000" if args.quick else "1000,10000"
+    if args.idle_connections is None:
+        args.idle_connections = 2000 if args.quick else 10000
     args.proxies = [p for p in args.proxies.split(",") if p]
     args.modes = [m for m in args.modes.split(",") if m]
     args.workloads = [w for w in args.workloads.split(",") if w]
