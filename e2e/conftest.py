@@ -29,6 +29,15 @@ E2E = Path(__file__).resolve().parent
 UP, DOWN = E2E / "cluster" / "up", E2E / "cluster" / "down"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control plane (first run: minutes) before any test starts, so no per-test timeout covers it.
+    A failed build is not reported here: the ``cluster`` fixture runs ``up`` again and fails with the build log."""
+    if os.environ.get("KUBECONFIG") or session.config.option.collectonly:
+        return
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        subprocess.run([str(UP), "--build-only"], capture_output=True, timeout=3600, check=False)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(E2E):
