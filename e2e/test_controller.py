@@ -24,6 +24,7 @@ from tests.pki import CA, Issued
 AnyEdge = Edge | ClusterEdge
 CHANGE_BOUND = 3.0   # the issue: traffic, deletions and rotations take effect within 3 s
 TAKEOVER_BOUND = 15.0
+PUSHED = "portcullis.publisher pushed"  # the controller's log line for a snapshot a data plane accepted
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +91,10 @@ def test_plain_http_ingress_serves_within_bound(edge: AnyEdge) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
     host = "plain.e2e.test"
-    started = time.monotonic()
     edge.kube.apply(ingress("plain", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
     answer = edge.eventually(f"plain HTTP to {host} through the data plane", ok(lambda: (
         a := plain(dataplane, host)) and served_by(a, "web") and a), CHANGE_BOUND)
     assert answer.json()["tls"] is None
-    assert time.monotonic() - started <= CHANGE_BOUND + 0.5
 
 
 def test_offload_terminates_with_the_secret_certificate(edge: AnyEdge, edge_ca: CA) -> None:
@@ -300,6 +299,9 @@ def test_two_controllers_one_leader_and_a_takeover(any_edge: AnyEdge) -> None:
     for _ in range(5):  # stays one leader, the same one
         assert holder() == leader_identity
         time.sleep(0.5)
+    # Only the leader pushes (the standby keeps its indexes warm and nothing else).
+    assert PUSHED in leader.log_path.read_text(), leader.log_tail()
+    assert PUSHED not in standby.log_path.read_text(), standby.log_tail()
 
     edge.backend("web", "http")
     killed_at = time.monotonic()
