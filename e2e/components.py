@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from e2e.client import https_get
-from e2e.netns import REPO, NetnsPod, RigError
+from e2e.netns import REPO, NetnsPod, RigError, die_with_parent
 from tests.pki import CA
 
 ADMIN_SERVER_NAME = "portcullis-dataplane"
@@ -131,7 +131,7 @@ class Controller:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(_portcullis(*args), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                         env={**env, "PYTHONUNBUFFERED": "1"})
+                                         env={**env, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -54,6 +54,13 @@ def _netns_pids(netns: str) -> list[int]:
     return [int(p) for p in done.stdout.split() if p.isdigit()]
 
 
+def die_with_parent() -> None:
+    """Runs in the child before exec (and survives it): a pod's process must not outlive a killed test session."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if proc.poll() is not None:
         return
@@ -97,7 +104,7 @@ class NetnsPod:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, *argv],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True,
+                cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True, preexec_fn=die_with_parent,
             )
         self.processes[name] = proc
         return proc
