@@ -23,8 +23,10 @@ from typing import Any
 from bench import loadgen, peers
 from bench.peers import HOSTS
 
-SCENARIOS = (("passthrough", "1k"), ("offload", "1k"), ("reencrypt", "1k"), ("offload", "100k"),
-             ("offload", "handshake"))
+SCENARIOS = (("passthrough", "1k"), ("passthrough", "close"), ("offload", "1k"), ("reencrypt", "1k"),
+             ("offload", "100k"), ("offload", "handshake"))
+SYSCALL_POINTS = (("passthrough", "1k"), ("offload", "1k"), ("reencrypt", "1k"), ("passthrough", "close"),
+                  ("offload", "handshake"))
 CACHE = Path.home() / ".cache" / "portcullis-bench"
 
 
@@ -146,22 +148,22 @@ def _strace_counts(path: Path) -> dict[str, int]:
 
 def syscalls(world: peers.World, procs: dict[str, peers.Proc], client_cpu: str | None,
              connections: int, seconds: float = 3.0) -> list[dict[str, Any]]:
-    """System calls per request (``strace -f -c``) for each proxy and mode, 1 KiB keep-alive.
+    """System calls per request (``strace -f -c``) for each proxy at a few points (SYSCALL_POINTS).
 
     strace slows the proxy down a lot, so only the counts per request are kept, not the times."""
     if not shutil.which("strace"):
         return []
     rows = []
-    for mode in ("passthrough", "offload", "reencrypt"):
+    for mode, wl_name in SYSCALL_POINTS:
         for name, proc in procs.items():
-            out = world.dir / f"strace-{name}-{mode}.txt"
+            out = world.dir / f"strace-{name}-{mode}-{wl_name}.txt"
             attach = [arg for pid in peers.tree(proc.pid) for arg in ("-p", str(pid))]  # nginx: master + worker
             tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), *attach],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-            row: dict[str, Any] = {"proxy": name, "mode": mode}
+            row: dict[str, Any] = {"proxy": name, "mode": mode, "workload": wl_name}
             try:
-                load = loadgen.run(world.dir, loadgen.WORKLOADS["1k"], HOSTS[mode], world.proxy_port(name, mode),
+                load = loadgen.run(world.dir, loadgen.WORKLOADS[wl_name], HOSTS[mode], world.proxy_port(name, mode),
                                    seconds, connections, client_cpu)
                 row["requests"] = int(load["requests"])
             except Exception as exc:
@@ -206,12 +208,13 @@ def markdown(prof: dict[str, Any]) -> str:
                                                                          for name, share in py["entry"][:6]))
     rows = prof.get("syscalls") or []
     if rows:
-        lines += ["", "### System calls per request (1 KiB keep-alive, `strace -f -c`)", "",
-                  "| mode | proxy | syscalls/request | the main ones |", "|---|---|---:|---|"]
+        lines += ["", "### System calls per request (`strace -f -c`; counts only, strace slows the proxy down)", "",
+                  "| mode | workload | proxy | syscalls/request | the main ones |", "|---|---|---|---:|---|"]
         for r in rows:
+            head = f"| {r['mode']} | {r.get('workload', '1k')} | {r['proxy']} "
             if "per_request" not in r:
-                lines.append(f"| {r['mode']} | {r['proxy']} | {r.get('error', 'no data')[:100]} | |")
+                lines.append(head + f"| {r.get('error', 'no data')[:100]} | |")
                 continue
-            main = ", ".join(f"{k} {v:.2f}" for k, v in list(r["per_request"].items())[:6])
-            lines.append(f"| {r['mode']} | {r['proxy']} | {r['total_per_request']:.2f} | {main} |")
+            main = ", ".join(f"{k} {v:.2f}" for k, v in list(r["per_request"].items())[:8])
+            lines.append(head + f"| {r['total_per_request']:.2f} | {main} |")
     return "\n".join(lines)
