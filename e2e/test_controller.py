@@ -18,7 +18,7 @@ from kubernetes import client
 from e2e.client import Answer, http_get, https_get, tls_echo
 from e2e.cluster_edge import ClusterEdge
 from e2e.harness import Edge
-from e2e.objects import ca_secret, ingress, tls_secret
+from e2e.objects import ca_secret, ingress, selectorless_service, tls_secret
 from tests.pki import CA, Issued
 
 AnyEdge = Edge | ClusterEdge
@@ -326,3 +326,45 @@ def test_namespaces_and_classes_are_private_to_each_test(edge: AnyEdge) -> None:
     edge.eventually("ours served", ok(lambda: served_by(plain(dataplane, "ours.e2e.test"),
                                                         "web")), CHANGE_BOUND)
     assert plain(dataplane, "theirs.e2e.test").status == 404
+
+
+# ---------------------------------------------------------------------------- topology changes
+
+
+def test_every_data_plane_gets_the_snapshot_including_one_added_later(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "starts data planes")
+    first = ready_edge(edge)
+    edge.backend("web", "http")
+    host = "fleet.e2e.test"
+    edge.kube.apply(ingress("fleet", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
+    edge.eventually("first data plane serves", ok(lambda: served_by(plain(first, host), "web")), CHANGE_BOUND)
+
+    second = edge.add_dataplane()  # listed in the admin Service's EndpointSlice, as a new pod would be
+    edge.wait_ready(second, timeout=10)
+    edge.eventually("the added data plane serves too", ok(lambda: served_by(plain(second, host), "web")),
+                    CHANGE_BOUND)
+    assert served_by(plain(first, host), "web")
+
+
+def test_endpoint_slice_changes_move_traffic_between_backends(any_edge: AnyEdge) -> None:
+    edge = local(any_edge, "rewrites EndpointSlices by hand, as the endpoint controller would")
+    dataplane = ready_edge(edge)
+    one = edge.backend("web", "http", name="one")
+    two = edge.backend("web-two", "http", name="two")  # a second pod; its own Service only to start it
+    host = "moves.e2e.test"
+    edge.kube.apply(ingress("moves", host, "web", 80, edge.ingress_class), namespace=edge.namespace)
+    edge.eventually("served by pod one", ok(lambda: served_by(plain(dataplane, host), "one")), CHANGE_BOUND)
+
+    both = selectorless_service("web", [one.address, two.address], 80, 8080)
+    edge.kube.apply(both[1], namespace=edge.namespace)
+    seen: set[str] = set()
+
+    def both_serve() -> bool:
+        seen.add(plain(dataplane, host).json()["server"])
+        return seen == {"one", "two"}
+
+    edge.eventually("round-robin over both pods", ok(both_serve), CHANGE_BOUND)
+
+    edge.kube.apply(selectorless_service("web", [two.address], 80, 8080)[1], namespace=edge.namespace)
+    edge.eventually("pod one drained from the pool", ok(
+        lambda: all(plain(dataplane, host).json()["server"] == "two" for _ in range(4))), CHANGE_BOUND)
