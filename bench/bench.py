@@ -133,11 +133,13 @@ class Harness:
     def measure(self, proxy: str, mode: str, wl: loadgen.Workload) -> dict[str, Any]:
         proc = self.procs[proxy]
         assert self.backend is not None
+        ctx0 = peers.ctx_switches(proc.pid)
         (u0, s0), bcpu0, t0 = peers.cpu_times(proc.pid), peers.cpu_seconds(self.backend.pid), time.monotonic()
         result: dict[str, Any] = dict(loadgen.run(self.world.dir, wl, HOSTS[mode], self.world.proxy_port(proxy, mode),
                                                   self.args.seconds, self.args.connections, self.args.client_cpu))
         (u1, s1), bcpu1, t1 = peers.cpu_times(proc.pid), peers.cpu_seconds(self.backend.pid), time.monotonic()
         cpu0, cpu1 = u0 + s0, u1 + s1
+        ctx1 = peers.ctx_switches(proc.pid)
         if not proc.alive():
             raise RuntimeError(f"{proxy} died during the run: {proc.tail()}")
         n = max(1, int(result["requests"]))
@@ -146,6 +148,8 @@ class Harness:
         result["proxy_user_us_per_req"] = (u1 - u0) / n * 1e6
         result["proxy_sys_us_per_req"] = (s1 - s0) / n * 1e6
         result["proxy_cpu_util"] = (cpu1 - cpu0) / (t1 - t0)
+        result["proxy_vol_ctx_per_req"] = (ctx1[0] - ctx0[0]) / n
+        result["proxy_invol_ctx_per_req"] = (ctx1[1] - ctx0[1]) / n
         result["backend_cpu_us_per_req"] = (bcpu1 - bcpu0) / n * 1e6
         result["bytes_per_req"] = result.get("bytes", 0) / n
         return result
@@ -216,7 +220,8 @@ def _get(ctx: Any, host: str, port: int, path: str) -> bytes:
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_req", "proxy_user_us_per_req", "proxy_sys_us_per_req",
-            "backend_cpu_us_per_req", "errors", "proxy_cpu_util", "bytes_per_req")
+            "backend_cpu_us_per_req", "errors", "proxy_cpu_util", "bytes_per_req", "proxy_vol_ctx_per_req",
+            "proxy_invol_ctx_per_req")
     out: dict[str, float] = {}
     for key in keys:
         values = [float(r[key]) for r in runs if key in r]

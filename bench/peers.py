@@ -369,6 +369,23 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def ctx_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of the process tree: with the proxy and the backend on one core,
+    involuntary ones are mostly the backend preempting the proxy when it wakes."""
+    vol = invol = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            continue
+    return vol, invol
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for p in tree(pid):

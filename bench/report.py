@@ -66,7 +66,9 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
     lines += [
         "",
         "Proxy CPU per request = (utime + stime of the proxy's process tree over the run, from /proc) / requests. "
-        "On 2 cores the client competes for CPU, so requests/s is client-bound; CPU per request is the fair figure.",
+        "On 2 cores the client competes for CPU, so requests/s is client-bound; CPU per request is the fair figure. "
+        "\"Proxy preempted /req\": involuntary context switches of the proxy per request (/proc status) - with "
+        "proxy and backend on one core, mostly the backend waking up and taking the core.",
         "",
         "Workloads: " + "; ".join(f"`{k}`: {v}" for k, v in results.get("workloads", {}).items()) + ".",
         "",
@@ -85,8 +87,8 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
         for mode in s.get("modes", []):
             lines += ["", f"## {mode}", "",
                       "| workload | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req (user + sys) "
-                      "| ratio to HAProxy CPU | backend CPU µs/req | errors |",
-                      "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| ratio to HAProxy CPU | backend CPU µs/req | proxy preempted /req | errors |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for wl in s.get("workloads", []):
                 base = _median(results, mode, wl, "haproxy", "proxy_cpu_us_per_req")
                 for proxy in proxies:
@@ -94,7 +96,7 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
                     if p is None:
                         continue
                     if "median" not in p:
-                        lines.append(f"| {wl} | {proxy} | {p.get('error', 'no data')[:160]} | | | | | | |")
+                        lines.append(f"| {wl} | {proxy} | {p.get('error', 'no data')[:160]} | | | | | | | |")
                         continue
                     med = p["median"]
                     cpu = med.get("proxy_cpu_us_per_req")
@@ -106,7 +108,8 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
                         f"{_fmt(p99 / 1000 if p99 else None, 2)} | {_fmt(cpu, 1)} "
                         f"({_fmt(med.get('proxy_user_us_per_req'), 1)} + {_fmt(med.get('proxy_sys_us_per_req'), 1)}) "
                         f"| {_fmt(ratio, 2)} | "
-                        f"{_fmt(med.get('backend_cpu_us_per_req'), 1)} | {_fmt(med.get('errors'))} |")
+                        f"{_fmt(med.get('backend_cpu_us_per_req'), 1)} | {_fmt(med.get('proxy_invol_ctx_per_req'), 2)} "
+                        f"| {_fmt(med.get('errors'))} |")
         lines += ["", "## Targets (Portcullis ÷ HAProxy 1 thread, same run)", "",
                   "| point | target | Portcullis | HAProxy | ratio | verdict |", "|---|---:|---:|---:|---:|---|"]
         for mode, wl, limit in CPU_TARGETS:
