@@ -56,8 +56,9 @@ class Kube:
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
     def apply(self, source: str | Mapping[str, Any] | Iterable[Mapping[str, Any]],
-              namespace: str | None = None) -> list[Any]:
-        """Server-side apply every document; ``namespace`` fills in namespaced objects that name none."""
+              namespace: str | None = None, dry_run: bool = False) -> list[Any]:
+        """Server-side apply every document; ``namespace`` fills in namespaced objects that name none.
+        ``dry_run``: full admission (webhooks included), nothing stored."""
         applied = []
         for doc in documents(source):
             res = self.resource(doc["apiVersion"], doc["kind"])
@@ -67,7 +68,8 @@ class Kube:
                     raise ValueError(f"{doc['kind']}/{meta.get('name')} needs a namespace")
                 meta["namespace"] = namespace
             applied.append(res.server_side_apply(body=doc, name=meta["name"], namespace=meta.get("namespace"),
-                                                 field_manager=FIELD_MANAGER, force_conflicts=True))
+                                                 field_manager=FIELD_MANAGER, force_conflicts=True,
+                                                 dry_run="All" if dry_run else None))
         return applied
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Any | None:
