@@ -237,6 +237,33 @@ def test_ingress_status_shows_the_published_address(any_edge: AnyEdge) -> None:
     assert edge.eventually("Ingress status.loadBalancer", published, 10.0) == ["10.231.0.254"]
 
 
+def test_ingress_status_follows_the_publish_service_load_balancer(any_edge: AnyEdge) -> None:
+    """What a cloud load-balancer controller writes into the data-plane Service's status is what Ingresses show."""
+    edge = local(any_edge, "a controller started with --publish-service, and a hand-written LoadBalancer status")
+    core = client.CoreV1Api(edge.cluster.kube.api)
+    edge.kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "portcullis-edge"},
+                     "spec": {"type": "LoadBalancer", "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
+                    namespace=edge.namespace)
+
+    def set_lb(address: str) -> None:
+        core.patch_namespaced_service_status("portcullis-edge", edge.namespace,
+                                             {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}})
+
+    set_lb("10.231.0.251")
+    ready_edge(edge, extra=("--publish-service", f"{edge.namespace}/portcullis-edge"))
+    edge.backend("web", "http")
+    edge.kube.apply(ingress("lb", "lb.e2e.test", "web", 80, edge.ingress_class), namespace=edge.namespace)
+    networking = client.NetworkingV1Api(edge.cluster.kube.api)
+
+    def published() -> Any:
+        status = networking.read_namespaced_ingress_status("lb", edge.namespace).status
+        return [i.ip for i in (status.load_balancer.ingress or [])] if status and status.load_balancer else None
+
+    edge.eventually("status from the Service's load balancer", lambda: published() == ["10.231.0.251"], 10.0)
+    set_lb("10.231.0.252")
+    edge.eventually("status follows a new load-balancer address", lambda: published() == ["10.231.0.252"], 10.0)
+
+
 # ---------------------------------------------------------------------------- failures
 
 
