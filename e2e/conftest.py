@@ -14,9 +14,9 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -36,6 +36,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         subprocess.run([str(UP), "--build-only"], capture_output=True, timeout=3600, check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failing test on a rig whose API server no longer answers says so, with the API server's log tail."""
+    outcome = yield
+    report = outcome.get_result()
+    found = getattr(item, "funcargs", {}).get("cluster")
+    if not report.failed or not isinstance(found, Cluster) or not found.local_rig:
+        return
+    from kubernetes import client
+
+    try:
+        client.VersionApi(found.kube.api).get_code(_request_timeout=3)
+    except Exception as exc:  # any failure: the rig itself is broken, which is the news
+        report.sections.append(("rig: kube-apiserver does not answer",
+                                f"{exc!r}\n--- kube-apiserver log tail:\n{found.log_tail(lines=60)}"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
