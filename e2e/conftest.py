@@ -91,7 +91,7 @@ def _rig_up(state: Path) -> tuple[Path, bool]:
 
 
 def _rig_down(state: Path) -> None:
-    done = subprocess.run([str(DOWN)], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([str(DOWN), "--force"], capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"e2e/cluster/down failed (exit {done.returncode}):\n{done.stderr}")
 
