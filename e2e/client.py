@@ -36,9 +36,13 @@ def _request(sock: socket.socket, host: str, path: str,
 
 
 def https_get(address: str, port: int, host: str, path: str = "/", ca_pem: str | None = None,
-              timeout: float = 3.0, headers: dict[str, str] | None = None) -> Answer:
-    """GET over TLS with SNI ``host``; verifies the edge's certificate against ``ca_pem`` when given."""
+              timeout: float = 3.0, headers: dict[str, str] | None = None,
+              client_cert: tuple[str, str] | None = None) -> Answer:
+    """GET over TLS with SNI ``host``; verifies the edge's certificate against ``ca_pem`` when given and presents
+    ``client_cert`` (certificate file, key file) when asked."""
     context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl._create_unverified_context()
+    if client_cert is not None:
+        context.load_cert_chain(*client_cert)
     context.set_alpn_protocols(["http/1.1"])
     with socket.create_connection((address, port), timeout=timeout) as raw, \
             context.wrap_socket(raw, server_hostname=host) as tls:

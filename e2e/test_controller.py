@@ -7,8 +7,10 @@ Ingress status carries the published address."""
 from __future__ import annotations
 
 import signal
+import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,6 +146,58 @@ def test_passthrough_relays_tls_to_the_backend(edge: AnyEdge, backend_ca: CA) ->
         lambda: relay(dataplane, host, b"hello through the edge", backend_ca.cert_pem)), CHANGE_BOUND)
     assert echoed == b"hello through the edge"
     assert peer.serial_number == backend_cert.cert.serial_number  # the backend's own certificate, end to end
+
+
+def test_reencrypt_refuses_a_backend_its_ca_did_not_sign(edge: AnyEdge, edge_ca: CA, backend_ca: CA) -> None:
+    """TLS done right toward the backend: an impostor's certificate gets the client a 502, never its answer."""
+    dataplane = ready_edge(edge)
+    impostor_ca = CA("Not the backend CA")
+    edge.backend("secure", "https", cert=impostor_ca.issue(f"secure.{edge.namespace}.svc"), name="impostor")
+    host = "strict.e2e.test"
+    cert = edge_ca.issue(host)
+    edge.kube.apply([
+        tls_secret("strict-tls", cert.cert_pem, cert.key_pem),
+        ca_secret("backend-ca", backend_ca.cert_pem),
+        ingress("strict", host, "secure", 443, edge.ingress_class, tls_secret="strict-tls", annotations={
+            "portcullis.io/tls-mode": "reencrypt", "portcullis.io/backend-ca-secret": "backend-ca"}),
+    ], namespace=edge.namespace)
+    answer = edge.eventually(f"{host} answers (the route exists)", ok(lambda: (
+        a := secure(dataplane, host, edge_ca.cert_pem)) and a.status != 404 and a), CHANGE_BOUND)
+    assert answer.status == 502
+    assert "x-echo-server" not in answer.headers
+
+
+def test_client_certificates_are_required_when_asked(edge: AnyEdge, edge_ca: CA, tmp_path: Path) -> None:
+    dataplane = ready_edge(edge)
+    edge.backend("web", "http")
+    host = "mtls.e2e.test"
+    cert, client_ca, stranger_ca = edge_ca.issue(host), CA("e2e client CA"), CA("e2e stranger CA")
+    files = {}
+    for who, issuer in (("alice", client_ca), ("mallory", stranger_ca)):
+        issued = issuer.issue(who, client=True)
+        files[who] = (tmp_path / f"{who}.crt", tmp_path / f"{who}.key")
+        files[who][0].write_text(issued.cert_pem)
+        files[who][1].write_text(issued.key_pem)
+    edge.kube.apply([
+        tls_secret("mtls-tls", cert.cert_pem, cert.key_pem),
+        ca_secret("client-ca", client_ca.cert_pem),
+        ingress("mtls", host, "web", 80, edge.ingress_class, tls_secret="mtls-tls",
+                annotations={"portcullis.io/client-auth-secret": "client-ca"}),
+    ], namespace=edge.namespace)
+
+    def as_(who: str | None) -> Answer | None:
+        pair = (str(files[who][0]), str(files[who][1])) if who else None
+        try:
+            return https_get(dataplane.address, dataplane.https_port, host, ca_pem=edge_ca.cert_pem,
+                             client_cert=pair)
+        except (ssl.SSLError, ConnectionError):
+            return None  # refused in the handshake
+
+    edge.eventually("alice (a client of the trusted CA) is served", lambda: (a := as_("alice")) is not None
+                    and served_by(a, "web"), CHANGE_BOUND)
+    for stranger in (None, "mallory"):
+        answer = as_(stranger)
+        assert answer is None or not served_by(answer, "web"), f"{stranger or 'no certificate'} got through"
 
 
 # ---------------------------------------------------------------------------- changes
