@@ -216,6 +216,27 @@ def test_deleting_the_ingress_removes_the_route(edge: AnyEdge) -> None:
     assert "x-echo-server" not in answer.headers
 
 
+def test_deleting_a_namespace_removes_its_routes(any_edge: AnyEdge) -> None:
+    """The namespace controller empties a deleted namespace; the Ingresses it had stop being served."""
+    edge = local(any_edge, "a controller watching a second namespace")
+    apps = f"e2e-apps-{uuid.uuid4().hex[:8]}"
+    edge.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": apps}})
+    try:
+        dataplane = ready_edge(edge, extra=("--watch-namespaces", f"{edge.namespace},{apps}"))
+        pod = edge.backend("web", "http")
+        edge.kube.apply([*selectorless_service("web", [pod.address], 80, 8080),
+                         ingress("app", "app.e2e.test", "web", 80, edge.ingress_class)], namespace=apps)
+        edge.eventually("the app's route", ok(lambda: served_by(plain(dataplane, "app.e2e.test"), "web")),
+                        CHANGE_BOUND)
+        edge.kube.delete("v1", "Namespace", apps)
+        edge.eventually("the Ingress is gone with its namespace", lambda: edge.kube.get(
+            "networking.k8s.io/v1", "Ingress", "app", apps) is None, 60.0)
+        edge.eventually("the route is gone", ok(lambda: plain(dataplane, "app.e2e.test").status == 404),
+                        CHANGE_BOUND)
+    finally:
+        edge.kube.delete("v1", "Namespace", apps)
+
+
 def test_rotating_the_tls_secret_serves_the_new_certificate(edge: AnyEdge, edge_ca: CA) -> None:
     dataplane = ready_edge(edge)
     edge.backend("web", "http")
