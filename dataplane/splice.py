@@ -82,7 +82,9 @@ class _Pump:
                 self._want_read(False)
             self.in_pipe += n
             self._flush()
-            if self.in_pipe or self.eof or self.done or self.relay.closed:
+            # A short read means the socket is drained: wait for readiness instead of paying a
+            # splice that only says EAGAIN (level-triggered readiness brings us back if not).
+            if n < PIPE_SIZE or self.in_pipe or self.eof or self.done or self.relay.closed:
                 return
 
     def _flush(self) -> None:
