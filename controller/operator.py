@@ -249,4 +249,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     config = ControllerConfig.from_args(args)
+    if args.kubeconfig:  # kopf's login re-reads the kubeconfig from the environment, not from our loader
+        os.environ["KUBECONFIG"] = args.kubeconfig
     return asyncio.run(serve(config, args.kubeconfig))

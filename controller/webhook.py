@@ -21,6 +21,14 @@ from controller.render import RenderConfig, render
 
 log = logging.getLogger("portcullis.webhook")
 
+# Errors about objects the Ingress refers to, not about the Ingress itself: `kubectl apply -f dir/`
+# may create the Ingress before its Service or Secret, so these become Events, never rejections.
+# (An Ingress skipped for an invalid TLS mode is still rejected: that carries InvalidAnnotation too.)
+ADMITTED_REASONS = frozenset({
+    "ServiceNotFound", "ServicePortNotFound", "SecretNotFound", "InvalidSecret", "BackendTLSUnavailable",
+    "IngressSkipped",
+})
+
 
 def review(request: Mapping[str, Any], inputs: Inputs, config: RenderConfig) -> tuple[bool, str]:
     """(allowed, message) for one AdmissionReview request."""
@@ -37,7 +45,8 @@ def review(request: Mapping[str, Any], inputs: Inputs, config: RenderConfig) -> 
         return True, ""
     others = tuple(i for i in inputs.ingresses if i.ref != candidate.ref)
     _, problems = render(replace(inputs, ingresses=(*others, candidate)), config)
-    errors = [p for p in (*candidate.problems, *problems) if p.obj == candidate.ref and p.severity == "Error"]
+    errors = [p for p in (*candidate.problems, *problems)
+              if p.obj == candidate.ref and p.severity == "Error" and p.reason not in ADMITTED_REASONS]
     if not errors:
         return True, ""
     return False, "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in errors)[:4000]

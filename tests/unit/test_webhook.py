@@ -38,3 +38,8 @@ def test_other_kinds_and_deletes_pass() -> None:
     inputs, _ = Inputs.from_objects([])
     body = {"request": {"uid": "u", "operation": "DELETE", "object": None}}
     assert admission_response(body, inputs, RenderConfig())["response"]["allowed"] is True  # type: ignore[index]
+
+
+def test_missing_references_are_admitted_so_apply_order_does_not_matter() -> None:
+    response = review(k.ingress("shop", tls_secret="later", annotations={"portcullis.io/client-auth-secret": "ca"}))
+    assert response["allowed"] is True
