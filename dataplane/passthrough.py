@@ -184,6 +184,14 @@ def close_gently(sock: socket.socket) -> None:
     sock.close()
 
 
+def _connect_failed(request: PassthroughRequest, endpoint: Endpoint, exc: BaseException, metrics: Metrics) -> None:
+    """A refused or timed-out endpoint is marked down (the next pick skips it) and counted."""
+    request.picker.failed(endpoint)
+    metrics.upstream_failures.labels(request.pool.id, "connect").inc()
+    log.info("passthrough connect failed", extra={"pool": request.pool.id, "endpoint":
+             f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
+
+
 async def connect_upstream(
     loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
     factory: Callable[[Endpoint], Callable[[], asyncio.Protocol]],
@@ -202,10 +210,7 @@ async def connect_upstream(
                 request.pool.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            request.picker.failed(endpoint)
-            metrics.upstream_failures.labels(request.pool.id, "connect").inc()
-            log.info("passthrough connect failed", extra={"pool": request.pool.id, "endpoint":
-                     f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
+            _connect_failed(request, endpoint, exc, metrics)
             continue
         request.picker.succeeded(endpoint)
         return endpoint, transport
@@ -294,10 +299,7 @@ async def serve_spliced(
             try:
                 upstream = await _connect_raw(loop, endpoint, request.pool.connect_timeout)
             except (OSError, TimeoutError) as exc:
-                request.picker.failed(endpoint)
-                metrics.upstream_failures.labels(request.pool.id, "connect").inc()
-                log.info("passthrough connect failed", extra={"pool": request.pool.id, "endpoint":
-                         f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
+                _connect_failed(request, endpoint, exc, metrics)
                 continue
             request.picker.succeeded(endpoint)
             break

@@ -156,12 +156,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            if self._upstream is not None:
-                self._upstream.balancer.finished(conn.endpoint)
-            conn.close()
+        self._drop_upstream()
 
     def pause_writing(self) -> None:
         self._client_write_paused = True
@@ -499,15 +494,19 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._close()
 
-    def _close(self) -> None:
-        self._state = _CLOSED
-        self._cancel_timer()
+    def _drop_upstream(self) -> None:
+        """Close the upstream connection mid-exchange (never pooled: its state is unknown)."""
         conn = self._conn
         if conn is not None:
             self._conn = None
             if self._upstream is not None:
                 self._upstream.balancer.finished(conn.endpoint)
             conn.close()
+
+    def _close(self) -> None:
+        self._state = _CLOSED
+        self._cancel_timer()
+        self._drop_upstream()
         if self._transport is not None:
             self._transport.close()
 
