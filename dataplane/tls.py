@@ -186,7 +186,8 @@ def build_tls_table(
             try:
                 found = server_context(cert, min_version, auth, ca)
             except (ssl.SSLError, ValueError, OSError) as exc:
-                errors.append(f"certificate {cert.id}: cannot load into OpenSSL ({exc})")
+                reasons = pem.check_key_pair(cert.cert_pem, cert.key_pem) or [f"cannot load into OpenSSL ({exc})"]
+                errors.extend(f"certificate {cert.id}: {reason}" for reason in reasons)
                 return None
         contexts[key] = found
         return found
