@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -269,12 +270,35 @@ async def serve(
     return True
 
 
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def on_writable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, on_writable)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_writer(fd)
+
+
 async def _connect_raw(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await asyncio.wait_for(loop.sock_connect(sock, (endpoint.address, endpoint.port)), timeout)
+        try:
+            sock.connect((endpoint.address, endpoint.port))
+        except (BlockingIOError, InterruptedError):
+            # Not loop.sock_connect: uvloop's resolves even numeric addresses in its thread pool,
+            # one thread hand-off per passthrough connection.
+            await _writable(loop, sock, timeout)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error)) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()

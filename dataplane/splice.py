@@ -82,9 +82,9 @@ class _Pump:
                 self._want_read(False)
             self.in_pipe += n
             self._flush()
-            # A short read means the socket is drained: wait for readiness instead of paying a
-            # splice that only says EAGAIN (level-triggered readiness brings us back if not).
-            if n < PIPE_SIZE or self.in_pipe or self.eof or self.done or self.relay.closed:
+            # Keep reading until EAGAIN: returning at a short read (saving one syscall) was tried and
+            # made wrk's connection-per-request load fail thousands of requests (bench, 2026-11-23).
+            if self.in_pipe or self.eof or self.done or self.relay.closed:
                 return
 
     def _flush(self) -> None:
