@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file holding the bearer token the controller pushes with")
     add("--https-redirect-port", type=int, default=_default("https-redirect-port", 443, int),
         help="port in insecure-policy redirect locations (443: omitted)")
-    add("--workers", type=int, default=_default("workers", 1, int), help="worker processes (only 1 for now)")
+    add("--workers", type=int, default=_default("workers", 1, int),
+        help="worker processes per pod (only 1 in this version)")
     add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
         help="seconds live connections get to finish after SIGTERM")
     add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
@@ -159,7 +160,10 @@ def _runner(main: Coroutine[Any, Any, int]) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.workers != 1:
-        log.warning("--workers %d requested; this version runs one worker process", args.workers)
+        # Refused rather than ignored: a silently single-process pod would be sized wrongly.
+        print(f"error: --workers {args.workers}: this version runs one worker process per pod; "
+              "scale with replicas (or the chart's autoscaling)", file=sys.stderr)
+        return 2
     try:
         config = config_from_args(args)
     except (OSError, ValueError) as exc:

@@ -241,3 +241,9 @@ def test_echo_backends_for_the_examples(tmp_path: Path) -> None:
             proc.wait(5)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_more_than_one_worker_is_refused_not_ignored() -> None:
+    result = subprocess.run([sys.executable, "-m", "controller.cli", "dataplane", "--workers", "4"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2 and "--workers 4" in result.stderr
