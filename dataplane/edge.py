@@ -73,6 +73,7 @@ class EdgeSettings:
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     zero_copy: bool = True  # splice(2) relay for passthrough where the platform has it
+    tunnel_idle_timeout: float = 3600.0  # passthrough tunnels silent this long (up to twice it) are closed
     max_pending: int = 10000  # connections still sending their ClientHello; beyond, new ones are closed
 
 
@@ -265,7 +266,8 @@ class HTTPSListener:
 
     async def _passthrough(self, request: passthrough.PassthroughRequest) -> None:
         assert self._loop is not None
-        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add, self.settings.zero_copy)
+        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add, self.settings.zero_copy,
+                                self.settings.tunnel_idle_timeout)
 
     async def _terminate(self, sock: socket.socket, client_addr: tuple[str, int], server_port: int,
                          sni: str | None, row: TLSHost | None, state: EdgeState) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from dataplane import proxy_protocol, splice
+from dataplane.idle import IdleWatch
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint, Pool
 
@@ -98,6 +99,8 @@ class _Side(asyncio.Protocol):
         peer = self.peer
         if peer is None or peer.transport is None or peer.closed:
             return
+        if self.relay.watch is not None:
+            self.relay.watch.active = True
         peer.transport.write(data)
         self.pending_bytes += len(data)
         if self.pending_bytes >= BYTES_FLUSH:
@@ -153,6 +156,7 @@ class Relay:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self._lost = 0
         self._on_done = on_done
+        self.watch: IdleWatch | None = None
 
     def count_bytes(self, direction: str, n: int) -> None:
         self.metrics.bytes.labels(direction, "passthrough").inc(n)
@@ -162,13 +166,22 @@ class Relay:
             if side.transport is not None and not side.closed:
                 side.transport.close()
 
-    def start(self) -> None:
+    def start(self, idle_timeout: float = 0.0) -> None:
+        if idle_timeout > 0:
+            self.watch = IdleWatch(asyncio.get_running_loop(), idle_timeout, self.abort)
         if self.upstream.transport is not None and not self.upstream.closed:
             self.upstream.transport.resume_reading()
+
+    def abort(self) -> None:
+        for side in (self.client, self.upstream):
+            if side.transport is not None and not side.closed:
+                side.transport.abort()
 
     def side_lost(self) -> None:
         self._lost += 1
         if self._lost == 2:
+            if self.watch is not None:
+                self.watch.cancel()
             self.picker.finished(self.endpoint)
             self.metrics.active_connections.labels("https", "passthrough").dec()
             if self._on_done is not None:
@@ -220,7 +233,7 @@ async def connect_upstream(
 
 async def serve(
     loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
-    on_client: Callable[[Any], None] | None = None, zero_copy: bool = False,
+    on_client: Callable[[Any], None] | None = None, zero_copy: bool = False, idle_timeout: float = 0.0,
 ) -> bool:
     """Relay one accepted socket to the pool; closes the socket itself when no backend answers.
 
@@ -228,7 +241,7 @@ async def serve(
     kernel); otherwise the Protocol pair below relays through Python.
     """
     if zero_copy and splice.AVAILABLE:
-        return await serve_spliced(loop, request, metrics, on_client)
+        return await serve_spliced(loop, request, metrics, on_client, idle_timeout)
     relays: dict[Endpoint, Relay] = {}
 
     def factory(endpoint: Endpoint) -> Callable[[], asyncio.Protocol]:
@@ -266,7 +279,7 @@ async def serve(
     metrics.passthrough.labels("routed").inc()
     if on_client is not None:
         on_client(client_transport)
-    relay.start()
+    relay.start(idle_timeout)
     return True
 
 
@@ -308,7 +321,7 @@ async def _connect_raw(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, time
 
 async def serve_spliced(
     loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
-    on_client: Callable[[Any], None] | None = None,
+    on_client: Callable[[Any], None] | None = None, idle_timeout: float = 0.0,
 ) -> bool:
     """The zero-copy relay: same endpoint choice, failure marking and PROXY header as ``serve``."""
     tried: list[Endpoint] = []
@@ -358,7 +371,7 @@ async def serve_spliced(
         if received:
             metrics.bytes.labels("out", "passthrough").inc(received)
 
-    relay = splice.SpliceRelay(loop, request.sock, upstream, done)
+    relay = splice.SpliceRelay(loop, request.sock, upstream, done, idle_timeout)
     metrics.passthrough.labels("routed").inc()
     if on_client is not None:
         on_client(relay)

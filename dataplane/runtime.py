@@ -47,6 +47,7 @@ class DataPlaneConfig:
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     zero_copy: bool = True  # passthrough relays with splice(2) on Linux; False: through Python (asyncio Protocols)
+    tunnel_idle_timeout: float = 3600.0  # passthrough: close tunnels silent this long (0: never)
     drain_timeout: float = 30.0
     reuse_port: bool = False
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
@@ -78,7 +79,7 @@ class DataPlane:
             raise RuntimeError("cannot build the empty state: " + "; ".join(initial))
         self._applied = replace(initial, checksum=None)  # nothing applied yet: report no checksum
         settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout,
-                                config.zero_copy)
+                                config.zero_copy, tunnel_idle_timeout=config.tunnel_idle_timeout)
         self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
         self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
         self._admin: AdminServer | None = None

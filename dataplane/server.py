@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port in insecure-policy redirect locations (443: omitted)")
     add("--workers", type=int, default=_default("workers", 1, int),
         help="worker processes per pod (only 1 in this version)")
+    add("--tunnel-idle-timeout", type=float, default=_default("tunnel-idle-timeout", 3600.0, float),
+        help="seconds a passthrough tunnel may stay silent before it is closed (0: never)")
     add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
         help="seconds live connections get to finish after SIGTERM")
     add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
@@ -114,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         admin_token=read_token(args.admin_token_file),
         https_redirect_port=args.https_redirect_port,
         drain_timeout=args.drain_timeout,
+        tunnel_idle_timeout=args.tunnel_idle_timeout,
     )
 
 

@@ -25,6 +25,8 @@ import os
 import socket
 from collections.abc import Callable
 
+from dataplane.idle import IdleWatch
+
 AVAILABLE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
 PIPE_SIZE = 1024 * 1024
 MAX_ROUNDS = 16
@@ -102,6 +104,8 @@ class _Pump:
                 break
             self.in_pipe -= n
             self.moved += n
+            if self.relay.watch is not None:
+                self.relay.watch.active = True
         self._want_write(False)
         if self.eof:
             self._finish()
@@ -128,14 +132,18 @@ class SpliceRelay:
     """Both directions of one connection; looks enough like a transport for the edge's tracker."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: socket.socket, upstream: socket.socket,
-                 on_done: Callable[[SpliceRelay], None]) -> None:
+                 on_done: Callable[[SpliceRelay], None], idle_timeout: float = 0.0) -> None:
         self.loop = loop
         self.client, self.upstream = client, upstream
         self.on_done = on_done
         self.closed = False
+        self.idle_timeout = idle_timeout
+        self.watch: IdleWatch | None = None
         self.pumps = (_Pump(self, client, upstream, "in"), _Pump(self, upstream, client, "out"))
 
     def start(self) -> None:
+        if self.idle_timeout > 0:
+            self.watch = IdleWatch(self.loop, self.idle_timeout, self.abort)
         for pump in self.pumps:
             pump.start()
 
@@ -159,6 +167,8 @@ class SpliceRelay:
         if self.closed:
             return
         self.closed = True
+        if self.watch is not None:
+            self.watch.cancel()
         for pump in self.pumps:
             pump.stop()
         self.client.close()
