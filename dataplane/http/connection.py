@@ -324,12 +324,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _body_error(self, exc: ParseError) -> None:
         """A malformed request body: the backend has a partial request, so that connection goes."""
-        conn = self._conn
-        self._conn = None
-        if conn is not None:
-            if self._upstream is not None:
-                self._upstream.balancer.finished(conn.endpoint)
-            conn.abort()
+        self._drop_upstream(abort=True)
         if self._resp_started:
             self._close()
         else:
@@ -443,12 +438,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._unpause(_P_UPSTREAM)
 
     def _lost_before_response(self, status: int, reason: str, message: str) -> None:
-        conn = self._conn
-        self._conn = None
-        if conn is not None:
-            if self._upstream is not None:
-                self._upstream.balancer.finished(conn.endpoint)
-            conn.abort()
+        self._drop_upstream(abort=True)
         if reason == "closed" and self._upstream is not None:
             self._upstream.failure(reason)
         self._fail(status, message)
@@ -494,14 +484,17 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._close()
 
-    def _drop_upstream(self) -> None:
-        """Close the upstream connection mid-exchange (never pooled: its state is unknown)."""
+    def _drop_upstream(self, abort: bool = False) -> None:
+        """Close (or reset) the upstream connection mid-exchange: never pooled, its state is unknown."""
         conn = self._conn
         if conn is not None:
             self._conn = None
             if self._upstream is not None:
                 self._upstream.balancer.finished(conn.endpoint)
-            conn.close()
+            if abort:
+                conn.abort()
+            else:
+                conn.close()
 
     def _close(self) -> None:
         self._state = _CLOSED
