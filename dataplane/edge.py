@@ -21,14 +21,16 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from dataplane import clienthello, passthrough
+from dataplane.balancer import UpstreamPool
+from dataplane.http.info import ConnectionInfo, client_cert_from_ssl
 from dataplane.metrics import Metrics
-from dataplane.snapshot import Pool, Snapshot, TLSHost
-from dataplane.tls import PeerCertificate, TLSTable, peer_certificate
+from dataplane.snapshot import TLSHost
+from dataplane.tls import TLSTable
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +44,16 @@ PLAIN_HTTP_ANSWER = (
 HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """What the edge knows about a connection when it hands it to the application protocol."""
-
-    scheme: str  # "http" or "https"
-    client_addr: tuple[str, int]
-    server_port: int
-    sni: str | None
-    row: TLSHost | None  # the SNI-table row the handshake used (None: default certificate)
-    peer_cert: PeerCertificate | None
-
-
-AppFactory = Callable[[Accepted], asyncio.Protocol]
+AppFactory = Callable[[ConnectionInfo], asyncio.Protocol]  # the HTTP engine, or a test's protocol
 
 
 @dataclass(frozen=True)
 class EdgeState:
     """Everything one accepted connection routes with; swapped whole on apply, never edited."""
 
-    snapshot: Snapshot
     tls: TLSTable
     app: AppFactory
-    picker: Callable[[Pool], passthrough.EndpointPicker]
+    pools: Mapping[str, UpstreamPool]  # the HTTP table's balancers, by pool id: passthrough shares them
 
 
 @dataclass(frozen=True)
@@ -136,7 +125,7 @@ class _Handoff(asyncio.Protocol):
     forwarding.
     """
 
-    def __init__(self, make: Callable[[asyncio.BaseTransport], Accepted], app: AppFactory,
+    def __init__(self, make: Callable[[asyncio.BaseTransport], ConnectionInfo], app: AppFactory,
                  tracker: Tracker, listener: str, mode: str, metrics: Metrics) -> None:
         self.make = make
         self.app = app
@@ -250,14 +239,14 @@ class HTTPSListener:
         row = state.tls.lookup(hello.sni)
         server_addr = _addr(sock.getsockname())
         if row is not None and row.mode == "passthrough":
-            pool = state.snapshot.pool(row.pool_id)
-            if pool is None:  # validate() makes this impossible; stay total anyway
+            balancer = state.pools.get(row.pool_id or "")
+            if balancer is None:  # validate() makes this impossible; stay total anyway
                 self.metrics.passthrough.labels("no_endpoint").inc()
                 sock.close()
                 return
             self.metrics.connections.labels("https", "passthrough").inc()
-            request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, pool,
-                                                     state.picker(pool))
+            request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, balancer.spec,
+                                                     balancer)
             self.spawn(self._passthrough(request))
             return
         if hello.sni and row is None:
@@ -274,11 +263,11 @@ class HTTPSListener:
         assert self._loop is not None
         context = state.tls.context_for(row)
 
-        def make(transport: asyncio.BaseTransport) -> Accepted:
+        def make(transport: asyncio.BaseTransport) -> ConnectionInfo:
             cert = None
             if row is not None and row.client_auth is not None:
-                cert = peer_certificate(transport.get_extra_info("ssl_object"))
-            return Accepted("https", client_addr, server_port, sni, row, cert)
+                cert = client_cert_from_ssl(transport.get_extra_info("ssl_object"))
+            return ConnectionInfo("https", client_addr, server_port, sni, row, cert)
 
         try:
             await self._loop.connect_accepted_socket(
@@ -439,8 +428,8 @@ class HTTPListener:
     def _protocol(self) -> asyncio.Protocol:
         state = self.get_state()
 
-        def make(transport: asyncio.BaseTransport) -> Accepted:
-            return Accepted("http", _addr(transport.get_extra_info("peername")), self.port, None, None, None)
+        def make(transport: asyncio.BaseTransport) -> ConnectionInfo:
+            return ConnectionInfo("http", _addr(transport.get_extra_info("peername")), self.port, None, None, None)
 
         return _Handoff(make, state.app, self.tracker, "http", "plain", self.metrics)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -40,30 +39,6 @@ class EndpointPicker(Protocol):
     def finished(self, ep: Endpoint) -> None: ...
     def failed(self, ep: Endpoint) -> None: ...
     def succeeded(self, ep: Endpoint) -> None: ...
-
-
-class RoundRobin:
-    """Minimal picker for when the HTTP table has no balancer for a pool (keeps passthrough self-contained)."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.endpoints = pool.endpoints
-        self._next = itertools.count()
-
-    def pick(self, client_ip: str, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
-        candidates = [e for e in self.endpoints if e not in exclude]
-        return candidates[next(self._next) % len(candidates)] if candidates else None
-
-    def started(self, ep: Endpoint) -> None:
-        pass
-
-    def finished(self, ep: Endpoint) -> None:
-        pass
-
-    def failed(self, ep: Endpoint) -> None:
-        pass
-
-    def succeeded(self, ep: Endpoint) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from dataplane import pem
-from dataplane.edge import Accepted, AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
+from dataplane.edge import AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
 from dataplane.gc_pause import gc_paused
-from dataplane.http.connection import ClientCert, ConnectionInfo, HTTPProtocol
+from dataplane.http.connection import HTTPProtocol
 from dataplane.http.table import HTTPSettings, HTTPTable, build_http_table
 from dataplane.metrics import Metrics
-from dataplane.passthrough import EndpointPicker, RoundRobin
-from dataplane.snapshot import Pool, Snapshot, content_id, validate
+from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
 
 if TYPE_CHECKING:
@@ -198,7 +196,7 @@ class DataPlane:
         if tls is None:
             return tls_errors
         http_table = self._build_http(snapshot, previous.http_table if previous else None)
-        edge = EdgeState(snapshot, tls, self._app_factory(http_table), self._picker_factory(http_table))
+        edge = EdgeState(tls, self._app_factory(http_table), http_table.pools)
         checksum = snapshot.checksum or snapshot.canonical().checksum
         return _Applied(snapshot, checksum, edge, http_table, frozenset(seen))
 
@@ -210,32 +208,7 @@ class DataPlane:
         if self._app_override is not None:
             return self._app_override
         metrics = self.metrics
-
-        def app(accepted: Accepted) -> asyncio.Protocol:
-            client_cert = None
-            if accepted.peer_cert is not None:
-                client_cert = ClientCert(True, accepted.peer_cert.subject_dn, accepted.peer_cert.issuer_dn,
-                                         accepted.peer_cert.pem)
-            scheme: Literal["http", "https"] = "https" if accepted.scheme == "https" else "http"
-            info = ConnectionInfo(scheme, accepted.client_addr, accepted.server_port, accepted.sni, accepted.row,
-                                  client_cert)
-            return HTTPProtocol(http_table, info, metrics)
-
-        return app
-
-    def _picker_factory(self, http_table: HTTPTable) -> Callable[[Pool], EndpointPicker]:
-        pools = http_table.pools
-        fallback: dict[str, RoundRobin] = {}
-
-        def picker(pool: Pool) -> EndpointPicker:
-            found = pools.get(pool.id)
-            if found is not None:
-                return found
-            if pool.id not in fallback:
-                fallback[pool.id] = RoundRobin(pool)
-            return fallback[pool.id]
-
-        return picker
+        return lambda info: HTTPProtocol(http_table, info, metrics)
 
     def _report_certificates(self, snapshot: Snapshot) -> None:
         gauge = self.metrics.certificate_not_after

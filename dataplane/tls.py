@@ -212,25 +212,3 @@ def build_tls_table(
     if errors or default_context is None:
         return None, errors or ["default certificate does not load"]
     return TLSTable(exact, wildcard, host_contexts, default_context, contexts), []
-
-
-@dataclass(frozen=True)
-class PeerCertificate:
-    subject_dn: str
-    issuer_dn: str
-    pem: str
-
-
-def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate | None:
-    """The client's certificate after a verified handshake (RFC 4514 DNs, as nginx reports them)."""
-    if ssl_object is None:
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        return PeerCertificate(cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(),
-                               ssl.DER_cert_to_PEM_cert(der))
-    except ValueError:
-        return None

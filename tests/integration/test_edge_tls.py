@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from dataplane.edge import Accepted
+from dataplane.http.info import ConnectionInfo
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import CABundle, ClientAuth, Snapshot, content_id
 from dataplane.tls import FALLBACK_NAME
@@ -33,15 +33,15 @@ from tests.unit.test_clienthello import real_client_hello
 LOOPS = ("asyncio", "uvloop")  # the server runs on uvloop, whose transports differ in detail
 
 class ReportingEcho(asyncio.Protocol):
-    def __init__(self, accepted: Accepted) -> None:
-        self.accepted = accepted
+    def __init__(self, info: ConnectionInfo) -> None:
+        self.info = info
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        a = self.accepted
-        report = {"scheme": a.scheme, "sni": a.sni, "row": a.row.host if a.row else None,
-                  "client": a.peer_cert.subject_dn if a.peer_cert else None,
-                  "issuer": a.peer_cert.issuer_dn if a.peer_cert else None,
+        a = self.info
+        report = {"scheme": a.scheme, "sni": a.sni, "row": a.tls_host.host if a.tls_host else None,
+                  "client": a.client_cert.subject_dn if a.client_cert else None,
+                  "issuer": a.client_cert.issuer_dn if a.client_cert else None,
                   "client_addr": list(a.client_addr), "server_port": a.server_port}
         transport.write(json.dumps(report).encode() + b"\n")
 
