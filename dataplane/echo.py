@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import logging
 import signal
@@ -22,12 +21,12 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import WSMsgType, web
 
+from controller.manifests import ManifestError, load_paths  # a development tool may lean on the controller
+from controller.model import Secret, project
 from dataplane import pem, proxy_protocol
 
 log = logging.getLogger(__name__)
@@ -254,35 +253,19 @@ class TLSEcho:
 
 
 def read_tls_secret(paths: Sequence[str], namespace: str, name: str) -> tuple[str, str]:
-    """``tls.crt``/``tls.key`` of a kubernetes.io/tls Secret found in YAML files or folders."""
-    for doc in _documents(paths):
-        meta = doc.get("metadata") or {}
-        if doc.get("kind") == "Secret" and meta.get("name") == name and meta.get("namespace", "default") == namespace:
-            data = doc.get("data") or {}
-            string_data = doc.get("stringData") or {}
-            cert = string_data.get("tls.crt") or base64.b64decode(data.get("tls.crt", "")).decode()
-            key = string_data.get("tls.key") or base64.b64decode(data.get("tls.key", "")).decode()
+    """``tls.crt``/``tls.key`` of a kubernetes.io/tls Secret found in YAML files or folders.
+
+    Reads the manifests the way ``portcullis local`` does (the controller's loader and Secret
+    projection), so the example backends and the proxy can never disagree about a file.
+    """
+
+    for obj in load_paths(paths):
+        view = project(obj)
+        if isinstance(view, Secret) and (view.ref.namespace, view.ref.name) == (namespace, name):
+            cert, key = view.data.get("tls.crt", b""), view.data.get("tls.key", b"")
             if cert and key:
-                return cert, key
+                return cert.decode(), key.decode()
     raise LookupError(f"no kubernetes.io/tls Secret {namespace}/{name} with tls.crt and tls.key in {list(paths)}")
-
-
-def _documents(paths: Sequence[str]) -> list[dict[str, Any]]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json")))
-        else:
-            files.append(path)
-    docs: list[dict[str, Any]] = []
-    for file in files:
-        for doc in yaml.safe_load_all(file.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "List":
-                docs.extend(item for item in doc.get("items", ()) if isinstance(item, dict))
-            elif isinstance(doc, dict):
-                docs.append(doc)
-    return docs
 
 
 async def serve_examples(args: argparse.Namespace) -> int:
@@ -320,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(serve_examples(args))
-    except LookupError as exc:
+    except (LookupError, ManifestError) as exc:  # a missing Secret, an unreadable manifest
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
