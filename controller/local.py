@@ -89,7 +89,7 @@ class LocalServer:
     async def reload(self) -> list[str]:
         """Render and apply; returns why nothing changed (empty: applied or already current)."""
         self._fingerprint = fingerprint(self.paths)
-        rendered = render_paths(self.paths, self.render_config)
+        rendered = await asyncio.to_thread(render_paths, self.paths, self.render_config)  # off the serving loop
         if rendered.snapshot is None:
             self._say(f"cannot read manifests: {rendered.error}; still serving generation {self._generation}")
             return [rendered.error]

@@ -39,6 +39,14 @@ from dataplane.snapshot import (
 )
 
 DEFAULT_HSTS = "max-age=31536000"
+
+# Reasons for problems caused by a referenced object (missing, or unusable), not by the Ingress's
+# own content; they clear by themselves when the object appears. An Ingress skipped for an invalid
+# TLS mode also carries InvalidAnnotation, which is about its content.
+REFERENCE_REASONS = frozenset({
+    "ServiceNotFound", "ServicePortNotFound", "SecretNotFound", "InvalidSecret", "BackendTLSUnavailable",
+    "IngressSkipped",
+})
 HTTP_ONLY = "http"
 
 

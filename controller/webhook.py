@@ -17,17 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from controller.model import Ingress, Inputs, project
-from controller.render import RenderConfig, render
+from controller.render import REFERENCE_REASONS, RenderConfig, render
 
 log = logging.getLogger("portcullis.webhook")
 
-# Errors about objects the Ingress refers to, not about the Ingress itself: `kubectl apply -f dir/`
-# may create the Ingress before its Service or Secret, so these become Events, never rejections.
-# (An Ingress skipped for an invalid TLS mode is still rejected: that carries InvalidAnnotation too.)
-ADMITTED_REASONS = frozenset({
-    "ServiceNotFound", "ServicePortNotFound", "SecretNotFound", "InvalidSecret", "BackendTLSUnavailable",
-    "IngressSkipped",
-})
 
 
 def review(request: Mapping[str, Any], inputs: Inputs, config: RenderConfig) -> tuple[bool, str]:
@@ -45,8 +38,10 @@ def review(request: Mapping[str, Any], inputs: Inputs, config: RenderConfig) -> 
         return True, ""
     others = tuple(i for i in inputs.ingresses if i.ref != candidate.ref)
     _, problems = render(replace(inputs, ingresses=(*others, candidate)), config)
+    # `kubectl apply -f dir/` may create the Ingress before its Service or Secret: problems about
+    # referenced objects become Events, never rejections.
     errors = [p for p in (*candidate.problems, *problems)
-              if p.obj == candidate.ref and p.severity == "Error" and p.reason not in ADMITTED_REASONS]
+              if p.obj == candidate.ref and p.severity == "Error" and p.reason not in REFERENCE_REASONS]
     if not errors:
         return True, ""
     return False, "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in errors)[:4000]
