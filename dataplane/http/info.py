@@ -79,7 +79,8 @@ def complete_info(info: ConnectionInfo, transport: asyncio.BaseTransport) -> Con
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             changes["server_port"] = int(local[1])
-    if info.client_cert is None and info.scheme == "https":
+    row = info.tls_host
+    if info.client_cert is None and row is not None and row.client_auth is not None:  # only where it is used
         cert = client_cert_from_ssl(transport.get_extra_info("ssl_object"))
         if cert is not None:
             changes["client_cert"] = cert
