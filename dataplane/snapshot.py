@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -28,7 +30,7 @@ InsecurePolicy = Literal["redirect", "allow", "deny"]
 ProxyProtocol = Literal["off", "v1", "v2"]
 TLSVersion = Literal["1.2", "1.3"]
 LoadBalance = Literal["round-robin", "least-conn", "client-ip-hash"]
-ClientAuthMode = Literal["required", "optional"]
+ClientAuthMode = Literal["required", "optional", "optional_no_ca"]
 
 TLS_MODES = ("passthrough", "terminate")
 PATH_TYPES = ("Exact", "Prefix")
@@ -36,7 +38,8 @@ INSECURE_POLICIES = ("redirect", "allow", "deny")
 PROXY_PROTOCOLS = ("off", "v1", "v2")
 TLS_VERSIONS = ("1.2", "1.3")
 LOAD_BALANCERS = ("round-robin", "least-conn", "client-ip-hash")
-CLIENT_AUTH_MODES = ("required", "optional")
+CLIENT_AUTH_MODES = ("required", "optional", "optional_no_ca")
+MAX_GENERATION = 2**53  # JSON numbers stay exact in every client below this
 
 
 def content_id(*parts: str) -> str:
@@ -87,6 +90,9 @@ class UpstreamTLS:
     verify: bool = True
     client_cert_id: str | None = None
     min_version: TLSVersion = "1.2"
+    max_version: TLSVersion = "1.3"
+    ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("": the data plane's own list)
+    verify_depth: int = 0  # longest backend chain accepted (0: OpenSSL's default)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class Pool:
     load_balance: LoadBalance = "round-robin"
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    send_timeout: float = 60.0  # the backend must accept written request bytes within this
     proxy_protocol: ProxyProtocol = "off"  # passthrough pools only
 
 
@@ -112,6 +119,8 @@ class ClientAuth:
     mode: ClientAuthMode = "required"
     verify_depth: int = 1
     forward_headers: bool = False
+    match_cn: str = ""  # regular expression searched in the verified subject DN; no match -> 403
+    error_page: str = ""  # absolute http(s) URL: a missing, failed or unmatched certificate -> 302 there
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ class TLSHost:
     pool_id: str | None = None
     min_version: TLSVersion = "1.2"
     client_auth: ClientAuth | None = None
+    ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("": the data plane's own list)
+    prefer_server_ciphers: bool = True
     source: str = ""
 
 
@@ -138,6 +149,7 @@ class Route:
     path: str
     path_type: PathType
     pool_id: str
+    max_body_size: int = -1  # request body bytes (-1: the data plane's --max-body-size; 0: no limit)
     source: str = ""
 
 
@@ -154,6 +166,7 @@ class VirtualHost:
     tls: bool = False
     insecure_policy: InsecurePolicy = "allow"
     hsts: str | None = None
+    allow_underscore_headers: bool = False  # else client header names with "_" are dropped (as nginx)
 
 
 @dataclass(frozen=True)
@@ -339,6 +352,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
     if snapshot.schema != SCHEMA_VERSION:
         problems.append(f"unknown schema version {snapshot.schema} (this data plane speaks {SCHEMA_VERSION})")
         return problems
+    if not 0 <= snapshot.generation <= MAX_GENERATION:
+        problems.append(f"generation must be between 0 and 2^53 (got {snapshot.generation})")
     if snapshot.checksum and snapshot.checksum != snapshot.canonical().checksum:
         problems.append("checksum does not match the snapshot content")
 
@@ -382,6 +397,10 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
                 problems.append(f"{where}: unknown client auth mode {host.client_auth.mode!r}")
             if host.client_auth.verify_depth < 1:
                 problems.append(f"{where}: client auth verify_depth must be >= 1")
+            problems.extend(f"{where}: client auth match_cn: {p}" for p in _regex_problems(host.client_auth.match_cn))
+            if host.client_auth.error_page and not _is_url(host.client_auth.error_page):
+                problems.append(f"{where}: client auth error_page must be an absolute http(s) URL")
+        problems.extend(f"{where}: {p}" for p in _cipher_problems(host.ciphers))
 
     seen_vhosts: set[str] = set()
     for vhost in snapshot.virtual_hosts:
@@ -400,6 +419,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
                 problems.append(f"{where}: route {route.path}: unknown path type {route.path_type!r}")
             if not route.path.startswith("/"):
                 problems.append(f"{where}: route path {route.path!r} must start with /")
+            if route.max_body_size < -1:
+                problems.append(f"{where}: route {route.path}: max_body_size must be >= -1")
             if (route.path, route.path_type) in seen_paths:
                 problems.append(f"{where}: duplicate route {route.path_type} {route.path}")
             seen_paths.add((route.path, route.path_type))
@@ -427,7 +448,7 @@ def _pool_problems(pool: Pool, certs: Mapping[str, Any], cas: Mapping[str, Any])
         problems.append(f"{where}: unknown load balancer {pool.load_balance!r}")
     if pool.proxy_protocol not in PROXY_PROTOCOLS:
         problems.append(f"{where}: unknown proxy protocol {pool.proxy_protocol!r}")
-    if not pool.connect_timeout > 0 or not pool.read_timeout > 0:
+    if not pool.connect_timeout > 0 or not pool.read_timeout > 0 or not pool.send_timeout > 0:
         problems.append(f"{where}: timeouts must be positive")
     if pool.tls is not None:
         if not pool.tls.server_name:
@@ -436,6 +457,13 @@ def _pool_problems(pool: Pool, certs: Mapping[str, Any], cas: Mapping[str, Any])
             problems.append(f"{where}: upstream CA {pool.tls.ca_id} is not in the snapshot")
         if pool.tls.client_cert_id is not None and pool.tls.client_cert_id not in certs:
             problems.append(f"{where}: upstream client certificate {pool.tls.client_cert_id} is not in the snapshot")
+        if pool.tls.min_version not in TLS_VERSIONS or pool.tls.max_version not in TLS_VERSIONS:
+            problems.append(f"{where}: unknown upstream TLS version")
+        elif pool.tls.max_version < pool.tls.min_version:
+            problems.append(f"{where}: upstream max_version is below min_version")
+        if pool.tls.verify_depth < 0:
+            problems.append(f"{where}: upstream verify_depth must be >= 0")
+        problems.extend(f"{where}: upstream {p}" for p in _cipher_problems(pool.tls.ciphers))
     return problems
 
 
@@ -449,4 +477,28 @@ def _host_name_problems(host: str, allow_empty: bool) -> list[str]:
         return ["only a single leading wildcard label is allowed (*.example.com)"]
     if any(not label or len(label) > 63 for label in labels) or len(host) > 253:
         return ["not a valid DNS name"]
+    return []
+
+
+def _regex_problems(pattern: str) -> list[str]:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return [f"not a regular expression ({exc})"]
+    return []
+
+
+def _is_url(url: str) -> bool:
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(rest) and not any(c.isspace() or c in "\"<>" for c in url)
+
+
+def _cipher_problems(ciphers: str) -> list[str]:
+    """A cipher list OpenSSL does not accept would fail every handshake of the host."""
+    if not ciphers:
+        return []
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+    except ssl.SSLError:
+        return [f"cipher list {ciphers!r} selects no cipher OpenSSL knows"]
     return []
