@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controller import annotations as ann
-from controller import classes
+from controller import classes, conformance
 from controller.backends import BackendIndex
 from controller.certificates import Checked, ca_bundle, covers, serving_certificate
 from controller.model import BackendRef, Ingress, Inputs, Secret
@@ -75,6 +75,7 @@ class _Plan:
     certificates: dict[str, Certificate] = field(default_factory=dict)
     ca_bundles: dict[str, CABundle] = field(default_factory=dict)
     hosts: set[str] = field(default_factory=set)
+    fallback: Route | None = None  # spec.defaultBackend: for paths of its own hosts that match no rule
 
 
 class _Problems:
@@ -119,6 +120,21 @@ def _report_ignored(plan: _Plan, problems: _Problems) -> None:
             mode = "plain HTTP (no spec.tls)" if plan.mode == HTTP_ONLY else f"{plan.mode} mode"
             problems.add(plan.ingress.ref, "Warning", "AnnotationIgnored", _annotation_field(key),
                          f"has no effect in {mode}; ignored")
+
+
+# Words of the validator's TLS-row messages -> the setting (and so the annotation) responsible.
+_TLS_ROW_SETTINGS = (
+    ("match_cn", "client_auth_match_cn"), ("error_page", "client_auth_error_page"), ("cipher", "tls_ciphers"),
+    ("min_version", "tls_min_version"), ("client auth", "client_auth"),
+)
+MAX_UNAVAILABLE = 200  # the data plane's limit on Pool.unavailable
+
+
+def _unavailable(namespace: str, backend: BackendRef, error: str) -> str:
+    """What a request to an unservable pool is told (503): the missing object, or that nothing is ready."""
+    text = error or f"no ready endpoint for {namespace}/{backend.service}:{backend.port_text}"
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_UNAVAILABLE else text[: MAX_UNAVAILABLE - 3] + "..."
 
 
 def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
@@ -236,6 +252,13 @@ class _Renderer:
             proxy_protocol=(settings.proxy_protocol or "off") if plan.mode == "passthrough" else "off",  # type: ignore[arg-type]
         )
         pool = Pool(**{**spec.__dict__, "id": _pool_id(ing.ref.namespace, backend, spec)})
+        if resolved.error or not resolved.endpoints:
+            pool = replace(pool, unavailable=_unavailable(ing.ref.namespace, backend, resolved.error))
+        refused = conformance.pool_problems(pool)
+        if refused:
+            self.problems.add(ing.ref, "Error", "InvalidBackendSettings", backend.field,
+                              "backend not served, the data plane would refuse it: " + "; ".join(refused))
+            return None
         plan.pools[pool.id] = pool
         return pool
 
@@ -287,7 +310,7 @@ class _Renderer:
             self.problems.add(ingress.ref, "Error", "IngressSkipped", _annotation_field(bad_mode[0]),
                               "Ingress not served: its TLS mode is invalid and guessing it could expose traffic")
             return None
-        plan = _Plan(ingress, _decide_mode(ingress, settings), settings)
+        plan = _Plan(self._servable_hosts(ingress), _decide_mode(ingress, settings), settings)
         _report_ignored(plan, self.problems)
         if plan.mode == "passthrough":
             self._plan_passthrough(plan)
@@ -326,7 +349,13 @@ class _Renderer:
             pool = self._pool(plan, chosen.backend)
             if pool is None:
                 continue
-            plan.tls_rows[rule.host] = TLSHost(rule.host, "passthrough", pool_id=pool.id, source=str(ing.ref))
+            row = TLSHost(rule.host, "passthrough", pool_id=pool.id, source=str(ing.ref))
+            refused = conformance.tls_host_problems(row, pool)
+            if refused:
+                self.problems.add(ing.ref, "Error", "InvalidTLSSettings", rule.field,
+                                  "host not served, the data plane would refuse it: " + "; ".join(refused))
+                continue
+            plan.tls_rows[rule.host] = row
             plan.hosts.add(rule.host)
 
     def _client_auth(self, plan: _Plan) -> tuple[bool, ClientAuth | None]:
@@ -385,19 +414,83 @@ class _Renderer:
                     client_auth=client_auth, source=str(ing.ref),
                 )
                 plan.hosts.add(host)
+        if self._refuse_tls_rows(plan):
+            return
         for rule in ing.rules:
-            backends = [(p.path, p.path_type, p.backend, p.field) for p in rule.paths]
-            if not rule.paths and ing.default_backend is not None and rule.host:
-                backends = [("/", "Prefix", ing.default_backend, "spec.defaultBackend")]
-            for path, path_type, backend, where in backends:
-                route = self._route(plan, path, path_type, backend, where)
+            for item in rule.paths:
+                route = self._checked_route(plan, self._route(plan, item.path, item.path_type, item.backend,
+                                                              item.field), item.field)
                 if route is not None:
                     plan.routes.append((rule.host, route))
                     plan.hosts.add(rule.host)
         if ing.default_backend is not None:
-            route = self._route(plan, "/", "Prefix", ing.default_backend, "spec.defaultBackend")
+            route = self._checked_route(plan, self._route(plan, "/", "Prefix", ing.default_backend,
+                                                          "spec.defaultBackend"), "spec.defaultBackend")
             if route is not None:
-                plan.routes.append(("", route))
+                plan.routes.append(("", route))  # hosts nobody serves
+                plan.fallback = route  # unmatched paths of this Ingress's own hosts (see _Tables.fallbacks)
+                plan.hosts.update(rule_hosts)
+
+    def _servable_hosts(self, ingress: Ingress) -> Ingress:
+        """The Ingress without the rules and TLS hosts the data plane would refuse, each reported.
+
+        One bad host name must cost only its own rule: the data plane refuses a whole snapshot for it.
+        """
+        rules = []
+        for rule in ingress.rules:
+            refused = conformance.host_problems(rule.host, tls=False)
+            if refused:
+                self.problems.add(ingress.ref, "Error", "InvalidHost", f"{rule.field}.host",
+                                  f"rule not served: {'; '.join(refused)}")
+            else:
+                rules.append(rule)
+        tls = []
+        for entry in ingress.tls:
+            hosts = []
+            for host in entry.hosts:
+                refused = conformance.host_problems(host, tls=True)
+                if refused:
+                    self.problems.add(ingress.ref, "Error", "InvalidHost", f"{entry.field}.hosts",
+                                      f"TLS host not served: {'; '.join(refused)}")
+                else:
+                    hosts.append(host)
+            if hosts or not entry.hosts:  # an entry left without hosts must not widen to every rule host
+                tls.append(replace(entry, hosts=tuple(hosts)))
+        if len(rules) == len(ingress.rules) and tls == list(ingress.tls):
+            return ingress
+        return replace(ingress, rules=tuple(rules), tls=tuple(tls))
+
+    def _refuse_tls_rows(self, plan: _Plan) -> bool:
+        """True (and the Ingress's TLS hosts dropped) when the data plane would refuse a row's settings.
+
+        Rows differ only in host (checked already) and certificate, so a refused row means the
+        Ingress's TLS settings are bad: serving its routes over plain HTTP instead would fail open.
+        """
+        ing = plan.ingress
+        for _, row in sorted(plan.tls_rows.items()):
+            refused = conformance.tls_host_problems(row)
+            if refused:
+                text = "; ".join(refused)
+                setting = next((s for word, s in _TLS_ROW_SETTINGS if word in text and s in plan.settings.origin),
+                               None)
+                where = _annotation_field(plan.settings.origin[setting]) if setting else "metadata.annotations"
+                self.problems.add(ing.ref, "Error", "IngressSkipped", where,
+                                  f"Ingress not served, the data plane would refuse its TLS settings: {text}")
+                plan.tls_rows.clear()
+                plan.hosts.clear()
+                return True
+        return False
+
+    def _checked_route(self, plan: _Plan, route: Route | None, where: str) -> Route | None:
+        if route is None:
+            return None
+        refused = conformance.route_problems(route)
+        if refused:
+            self.problems.add(plan.ingress.ref, "Error", "InvalidPath", where,
+                              f"path not served, the data plane would refuse it: {'; '.join(refused)}")
+            return None
+        return route
+
 
     def _route(self, plan: _Plan, path: str, path_type: str, backend: BackendRef | None, where: str) -> Route | None:
         ing = plan.ingress
@@ -440,6 +533,8 @@ class _Tables:
         self.pools: dict[str, Pool] = {}
         self.certificates: dict[str, Certificate] = {}
         self.ca_bundles: dict[str, CABundle] = {}
+        # (Ingress, its accepted hosts, its defaultBackend route, pool), oldest first
+        self.fallbacks: list[tuple[Ingress, tuple[str, ...], Route, Pool]] = []
 
     def merge(self, plan: _Plan) -> None:
         ing = plan.ingress
@@ -492,8 +587,34 @@ class _Tables:
             self.pools[pool_id] = plan.pools[pool_id]
         self.certificates.update(plan.certificates)
         self.ca_bundles.update(plan.ca_bundles)
+        if plan.fallback is not None and accepted:
+            self.fallbacks.append((ing, tuple(sorted(accepted)), plan.fallback, plan.pools[plan.fallback.pool_id]))
+
+    def apply_fallbacks(self) -> None:
+        """Each Ingress's defaultBackend takes the unmatched paths of its own hosts (the Ingress API:
+        it handles "requests that don't match any rule"), as a ``/`` Prefix route that loses to any
+        Ingress's explicit ``/`` Prefix on the host, and to an older Ingress's fallback.
+        """
+        taken: dict[str, Ingress] = {}
+        for ing, hosts, route, pool in self.fallbacks:
+            for host in hosts:
+                state = self.hosts.get(host)
+                if state is not None and state.mode == "passthrough":
+                    continue
+                table = self.routes.setdefault(host, {})
+                if ("/", "Prefix") in table:
+                    if host in taken and taken[host] is not ing:
+                        self.problems.add(ing.ref, "Warning", "PathConflict", "spec.defaultBackend",
+                                          f"unmatched paths of host {host} already go to the defaultBackend of "
+                                          f"older {taken[host].ref}; ignored here")
+                    continue
+                table[("/", "Prefix")] = route
+                taken[host] = ing
+                self.pools[pool.id] = pool
+
 
     def snapshot(self, default_cert: Certificate | None) -> Snapshot:
+        self.apply_fallbacks()
         tls_hosts = [s.tls_row for s in self.hosts.values() if s.tls_row is not None]
         vhosts: list[VirtualHost] = []
         for host in sorted(set(self.routes) | set(self.hosts)):

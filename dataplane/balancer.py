@@ -54,6 +54,14 @@ class UpstreamPool:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self._endpoints
 
+    @property
+    def unavailable(self) -> str:
+        """What a request gets told (503) when ``pick`` finds nothing: the renderer's reason when the
+        pool has no endpoints (Service missing, none ready), else that every endpoint is down."""
+        if self._endpoints:
+            return "no endpoint up for " + self.spec.id.partition("~")[0]
+        return self.spec.unavailable or "no ready endpoint"
+
     def is_up(self, ep: Endpoint) -> bool:
         health = self._health.get(ep)
         return health is not None and health.down_until <= self._clock()

@@ -181,6 +181,14 @@ def _connect_failed(request: PassthroughRequest, endpoint: Endpoint, exc: BaseEx
              f"{endpoint.address}:{endpoint.port}", "error": str(exc) or type(exc).__name__})
 
 
+def _unserved(request: PassthroughRequest, metrics: Metrics) -> None:
+    """Count and log why a passthrough connection found no backend (a TLS client cannot be told)."""
+    result = "no_endpoint" if not request.pool.endpoints else "connect_failed"
+    metrics.passthrough.labels(result).inc()
+    reason = (request.pool.unavailable or "no ready endpoint") if result == "no_endpoint" else "no endpoint answered"
+    log.info("passthrough connection closed: %s", reason, extra={"pool": request.pool.id, "sni": request.sni})
+
+
 async def connect_upstream(
     loop: asyncio.AbstractEventLoop, request: PassthroughRequest, metrics: Metrics,
     factory: Callable[[Endpoint], Callable[[], asyncio.Protocol]],
@@ -231,8 +239,7 @@ async def serve(
         request.sock.close()
         raise
     if connected is None:
-        result = "no_endpoint" if not request.pool.endpoints else "connect_failed"
-        metrics.passthrough.labels(result).inc()
+        _unserved(request, metrics)
         close_gently(request.sock)
         return False
     endpoint, upstream_transport = connected
@@ -319,8 +326,7 @@ async def serve_spliced(
         request.sock.close()
         raise
     if upstream is None or endpoint is None:
-        result = "no_endpoint" if not request.pool.endpoints else "connect_failed"
-        metrics.passthrough.labels(result).inc()
+        _unserved(request, metrics)
         close_gently(request.sock)
         return False
     chosen = endpoint

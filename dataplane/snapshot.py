@@ -40,6 +40,7 @@ TLS_VERSIONS = ("1.2", "1.3")
 LOAD_BALANCERS = ("round-robin", "least-conn", "client-ip-hash")
 CLIENT_AUTH_MODES = ("required", "optional", "optional_no_ca")
 MAX_GENERATION = 2**53  # JSON numbers stay exact in every client below this
+MAX_UNAVAILABLE = 200  # Pool.unavailable: one short line of a 503 body
 
 
 def content_id(*parts: str) -> str:
@@ -111,6 +112,7 @@ class Pool:
     read_timeout: float = 60.0
     send_timeout: float = 60.0  # the backend must accept written request bytes within this
     proxy_protocol: ProxyProtocol = "off"  # passthrough pools only
+    unavailable: str = ""  # why there is no endpoint (missing Service, none ready): the 503 says it
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,9 @@ def _pool_problems(pool: Pool, certs: Mapping[str, Any], cas: Mapping[str, Any])
         problems.append(f"{where}: unknown proxy protocol {pool.proxy_protocol!r}")
     if not pool.connect_timeout > 0 or not pool.read_timeout > 0 or not pool.send_timeout > 0:
         problems.append(f"{where}: timeouts must be positive")
+    if not isinstance(pool.unavailable, str) or len(pool.unavailable) > MAX_UNAVAILABLE \
+            or not pool.unavailable.isprintable():
+        problems.append(f"{where}: unavailable must be one printable line of at most {MAX_UNAVAILABLE} characters")
     if pool.tls is not None:
         if not pool.tls.server_name:
             problems.append(f"{where}: upstream TLS needs a server name")

@@ -243,7 +243,7 @@ class HTTPProtocol(asyncio.Protocol):
             if err is not None:
                 self._fail(err.status, err.message)
             else:
-                self._fail(503, "no ready endpoint")
+                self._fail(503, upstream.balancer.unavailable)
             return
         if not fresh:
             conn = upstream.take_idle(ep)

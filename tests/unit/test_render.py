@@ -404,7 +404,8 @@ def test_path_types_and_default_backend() -> None:
     )
     assert reasons(problems) == {("Error", "InvalidPath")}
     routes = {(r.path, r.path_type) for r in vhost(snap, "a.example.com").routes}
-    assert routes == {("/exact", "Exact"), ("/docs", "Prefix"), ("/impl", "Prefix")}
+    # the defaultBackend also takes the unmatched paths of the Ingress's own host
+    assert routes == {("/exact", "Exact"), ("/docs", "Prefix"), ("/impl", "Prefix"), ("/", "Prefix")}
     assert [(r.path, r.path_type) for r in vhost(snap, "").routes] == [("/", "Prefix")]
 
 
@@ -530,3 +531,88 @@ def test_examples_render_cleanly() -> None:
     for host in ("bridge.portcullis.test", "legacy.portcullis.test"):
         tls = snap.pool(vhost(snap, host).routes[0].pool_id).tls  # type: ignore[union-attr]
         assert tls is not None and tls.verify and tls.server_name == "secure-web.demo.svc" and tls.ca_id
+
+
+# --- defaultBackend: fallback for the Ingress's own hosts -----------------------------------------
+
+
+def _fallback_objects() -> list[dict[str, Any]]:
+    return [*web(), k.service("fallback"), k.endpoints("fallback", "10.0.0.9"), k.service("other"),
+            k.endpoints("other", "10.0.0.8")]
+
+
+def _host_only(name: str, host: str, default_backend: str, created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    """An Ingress whose rule names a host without any http paths (everything to the defaultBackend)."""
+    obj = k.ingress(name, host=host, default_backend=(default_backend, 80), created=created)
+    obj["spec"]["rules"] = [{"host": host}]
+    return obj
+
+
+OLD, YOUNG = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(("objs", "expected", "problem_reasons"), [
+    pytest.param(  # unmatched paths of its own host go to the defaultBackend, not 404
+        [k.ingress("i", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80))],
+        {"a.example.com": {("/api", "Prefix"): "web", ("/", "Prefix"): "fallback"},
+         "": {("/", "Prefix"): "fallback"}},
+        set(), id="own-host-fallback"),
+    pytest.param(  # an explicit / Prefix rule of the same Ingress wins
+        [k.ingress("i", paths=[("/", "Prefix", "web", 80)], default_backend=("fallback", 80))],
+        {"a.example.com": {("/", "Prefix"): "web"}}, set(), id="explicit-root-same-ingress"),
+    pytest.param(  # an Exact / does not cover other paths: the fallback still takes them
+        [k.ingress("i", paths=[("/", "Exact", "web", 80)], default_backend=("fallback", 80))],
+        {"a.example.com": {("/", "Exact"): "web", ("/", "Prefix"): "fallback"}}, set(), id="exact-root"),
+    pytest.param(  # a younger Ingress's explicit / Prefix wins over an older one's fallback
+        [k.ingress("old", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80), created=OLD),
+         k.ingress("young", paths=[("/", "Prefix", "other", 80)], created=YOUNG)],
+        {"a.example.com": {("/api", "Prefix"): "web", ("/", "Prefix"): "other"}}, set(),
+        id="explicit-root-of-younger-wins"),
+    pytest.param(  # and an older explicit / Prefix wins over a younger fallback
+        [k.ingress("old", paths=[("/", "Prefix", "other", 80)], created=OLD),
+         k.ingress("young", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80), created=YOUNG)],
+        {"a.example.com": {("/api", "Prefix"): "web", ("/", "Prefix"): "other"}}, set(),
+        id="explicit-root-of-older-wins"),
+    pytest.param(  # two fallbacks for one host: the oldest wins, the younger is told
+        [k.ingress("young", paths=[("/b", "Prefix", "web", 80)], default_backend=("other", 80), created=YOUNG),
+         k.ingress("old", paths=[("/a", "Prefix", "web", 80)], default_backend=("fallback", 80), created=OLD)],
+        {"a.example.com": {("/a", "Prefix"): "web", ("/b", "Prefix"): "web", ("/", "Prefix"): "fallback"},
+         "": {("/", "Prefix"): "fallback"}},
+        {("Warning", "PathConflict")}, id="oldest-fallback-wins"),
+    pytest.param(  # a fallback reaches only the Ingress's own hosts
+        [k.ingress("i", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80), created=OLD),
+         k.ingress("j", host="b.example.com", paths=[("/x", "Prefix", "other", 80)], created=YOUNG)],
+        {"b.example.com": {("/x", "Prefix"): "other"}}, set(), id="not-other-ingresses-hosts"),
+    pytest.param(  # a rule with a host and no paths: the whole host goes to the defaultBackend
+        [_host_only("i", "c.example.com", "fallback")],
+        {"c.example.com": {("/", "Prefix"): "fallback"}, "": {("/", "Prefix"): "fallback"}}, set(),
+        id="host-without-paths"),
+    pytest.param(  # a TLS host of the Ingress without a rule of its own is also its host
+        [k.ingress("i", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80),
+                   annotations={P + "tls-mode": "offload"}, tls_hosts=["a.example.com", "t.example.com"])],
+        {"a.example.com": {("/api", "Prefix"): "web", ("/", "Prefix"): "fallback"},
+         "t.example.com": {("/", "Prefix"): "fallback"}},
+        set(), id="tls-host-without-rule"),
+])
+def test_default_backend_is_the_fallback_for_its_own_hosts(
+    objs: list[dict[str, Any]], expected: dict[str, dict[tuple[str, str], str]],
+    problem_reasons: set[tuple[str, str]],
+) -> None:
+    snap, problems = run(*objs, *_fallback_objects())
+    assert reasons(problems) == problem_reasons
+    for host, routes in expected.items():
+        got = {(r.path, r.path_type): r.pool_id for r in vhost(snap, host).routes}
+        assert got == {key: f"{k.NS}/{svc}:80" for key, svc in routes.items()}, host
+        assert all(snap.pool(pool_id) is not None for pool_id in got.values())
+
+
+def test_default_backend_does_not_attach_to_a_passthrough_host() -> None:
+    snap, problems = run(
+        k.ingress("pt", annotations={P + "tls-mode": "passthrough"}, created=OLD),
+        k.ingress("i", paths=[("/api", "Prefix", "web", 80)], default_backend=("fallback", 80), created=YOUNG),
+        *_fallback_objects(),
+    )
+    assert ("Warning", "HostConflict") in reasons(problems)
+    assert vhost(snap, "a.example.com").routes == ()
+    assert tls_row(snap, "a.example.com").mode == "passthrough"
+    assert [r.pool_id for r in vhost(snap, "").routes] == [f"{k.NS}/fallback:80"]
