@@ -12,6 +12,7 @@ Precedence: a native ``portcullis.io/`` row beats a compatible one for the same 
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,8 +26,14 @@ OPENSHIFT = "route.openshift.io/"
 MODES = ("passthrough", "offload", "reencrypt")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_HSTS_MAX_AGE = re.compile(r"^max-age=(\d{1,10})$", re.IGNORECASE)
+# ASCII digits only: Python's \d and int() accept any Unicode digit (Arabic-Indic "10" is 10) and int() takes "1_0".
+_DURATION = re.compile(r"^([0-9]{1,7}(?:\.[0-9]{1,6})?)(ms|s|m|h)?$", re.ASCII)
+_HSTS_MAX_AGE = re.compile(r"^max-age=([0-9]{1,10})$", re.IGNORECASE | re.ASCII)
+_INTEGER = re.compile(r"^[0-9]{1,9}$", re.ASCII)
+_SIZE = re.compile(r"^([0-9]{1,15})([kmg]?)$", re.IGNORECASE | re.ASCII)
+_TLS_PROTOCOLS = {"tlsv1.2": "1.2", "tlsv1.3": "1.3"}
+_OLD_PROTOCOLS = ("sslv2", "sslv3", "tlsv1", "tlsv1.1")
+MAX_BODY_SIZE = 1 << 40  # 1 TiB: beyond any real limit, and exact in JSON
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,16 @@ class Settings:
     load_balance: str | None = None
     connect_timeout: float | None = None
     read_timeout: float | None = None
+    send_timeout: float | None = None
+    max_body_size: int | None = None  # bytes, 0: no limit
+    tls_ciphers: str | None = None
+    tls_prefer_server_ciphers: bool | None = None
+    client_auth_match_cn: str | None = None
+    client_auth_error_page: str | None = None
+    backend_tls_versions: tuple[str, str] | None = None  # (min, max)
+    backend_ciphers: str | None = None
+    backend_verify_depth: int | None = None
+    allow_underscore_headers: bool | None = None
     origin: Mapping[str, str] = field(default_factory=dict)
     nginx_unverified_https: bool = False  # backend-protocol HTTPS without proxy-ssl-verify: ingress-nginx semantics
 
@@ -163,23 +180,102 @@ def secret_name(value: str, ctx: Context) -> SecretRef:
     return SecretRef(text, ctx.key)
 
 
+def integer(value: str) -> int:
+    """A non-negative ASCII decimal integer (no sign, no "_", no Unicode digits)."""
+    text = value.strip()
+    if not _INTEGER.match(text):
+        raise ValueError("must be a whole number written with the digits 0-9")
+    return int(text)
+
+
 def depth(value: str, _: Context) -> int:
-    try:
-        number = int(value.strip())
-    except ValueError as exc:
-        raise ValueError("must be an integer") from exc
+    number = integer(value)
     if not 1 <= number <= 10:
         raise ValueError("must be between 1 and 10")
     return number
 
 
+def seconds(value: str, _: Context) -> float:
+    """ingress-nginx timeouts: plain seconds (``"60"``); 1 s to 1 hour."""
+    number = integer(value)
+    if not 1 <= number <= 3600:
+        raise ValueError("must be a number of seconds between 1 and 3600")
+    return float(number)
+
+
+def size(value: str, _: Context) -> int:
+    """nginx size syntax: bytes, or a number with k, m or g (1024-based); 0 means no limit."""
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ValueError("must be a size such as 1m, 512k or a number of bytes (0: no limit)")
+    number = int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+    if number > MAX_BODY_SIZE:
+        raise ValueError("must be at most 1024g (use 0 for no limit)")
+    return number
+
+
+def ciphers(value: str, _: Context) -> str:
+    """An OpenSSL TLS 1.2 cipher list, checked by OpenSSL itself so a data plane never refuses it."""
+    text = " ".join(value.split())
+    if not text or not text.isascii() or any(not c.isprintable() for c in text) or len(text) > 1024:
+        raise ValueError("must be an OpenSSL cipher list")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
+    except ssl.SSLError as exc:
+        raise ValueError("OpenSSL selects no cipher from this list") from exc
+    return text
+
+
+def tls_versions(value: str, _: Context) -> tuple[str, str]:
+    """ingress-nginx ``proxy-ssl-protocols`` (``TLSv1.2 TLSv1.3``) as (min, max); below TLS 1.2 is refused."""
+    names = value.replace(",", " ").lower().split()
+    if not names:
+        raise ValueError("must list TLSv1.2 and/or TLSv1.3")
+    old = [n for n in names if n in _OLD_PROTOCOLS]
+    if old:
+        raise ValueError(f"{', '.join(sorted(set(old)))} is insecure and refused; use TLSv1.2 and/or TLSv1.3")
+    unknown = [n for n in names if n not in _TLS_PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol {unknown[0]!r}; use TLSv1.2 and/or TLSv1.3")
+    versions = sorted({_TLS_PROTOCOLS[n] for n in names})
+    return versions[0], versions[-1]
+
+
+def dn_regex(value: str, _: Context) -> str:
+    """A regular expression searched in the client certificate's subject DN (ingress-nginx ``CN=regex``)."""
+    text = value.strip()
+    if not text or len(text) > 1024 or any(not c.isprintable() for c in text):
+        raise ValueError("must be a regular expression such as CN=client-[0-9]+")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression ({exc})") from exc
+    return text
+
+
+def error_page(value: str, _: Context) -> str:
+    """An absolute http(s) URL (the data plane answers 302 with it in Location, so no spaces or quotes)."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    host = rest.split("/", 1)[0]
+    if (not sep or scheme.lower() not in ("http", "https") or not host or len(text) > 2048
+            or any(c.isspace() or not c.isprintable() or c in "\"<>\\" for c in text) or not text.isascii()):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return f"{scheme.lower()}://{rest}"
+
+
+def nginx_match_cn(value: str, ctx: Context) -> str:
+    """ingress-nginx requires the ``CN=`` form; the whole value is the regex (as nginx uses it)."""
+    if not value.strip().startswith("CN="):
+        raise ValueError("must have the form CN=regex")
+    return dn_regex(value, ctx)
+
+
 def nginx_verify_client(value: str, _: Context) -> str:
-    table = {"on": "required", "optional": "optional", "off": "off"}
+    table = {"on": "required", "optional": "optional", "optional_no_ca": "optional_no_ca", "off": "off"}
     key = value.strip().lower()
-    if key == "optional_no_ca":
-        raise ValueError("optional_no_ca (accepting certificates nobody verified) is not supported; use optional")
     if key not in table:
-        raise ValueError("must be on, optional or off")
+        raise ValueError("must be on, optional, optional_no_ca or off")
     return table[key]
 
 
@@ -230,18 +326,40 @@ SPECS: tuple[Spec, ...] = (
          "client certificate presented to the backend (kubernetes.io/tls)", "Secret name"),
     Spec(NATIVE + "client-auth-secret", "client_auth_secret", secret_name,
          "verify client certificates at the edge (Secret key ca.crt, optional ca.crl)", "Secret name"),
-    Spec(NATIVE + "client-auth", "client_auth", choice("required", "optional"),
-         "optional: verify if given, pass the result on", "required | optional"),
+    Spec(NATIVE + "client-auth", "client_auth", choice("required", "optional", "optional_no_ca"),
+         "optional: verify if given, pass the result on; optional_no_ca: accept any certificate, forward it "
+         "marked unverified unless it verified", "required | optional | optional_no_ca"),
+    Spec(NATIVE + "client-auth-match-cn", "client_auth_match_cn", dn_regex,
+         "regex searched in the verified client subject DN; no match: 403", "regex (CN=name)"),
+    Spec(NATIVE + "client-auth-error-page", "client_auth_error_page", error_page,
+         "missing, failed or unmatched client certificate: 302 to this URL", "http(s) URL"),
     Spec(NATIVE + "client-cert-headers", "client_cert_headers", boolean,
          "forward verified client certificate details as ssl-client-* headers", "true | false"),
     Spec(NATIVE + "proxy-protocol", "proxy_protocol", choice("v1", "v2", "off"),
          "PROXY header to passthrough backends", "v1 | v2 | off"),
     Spec(NATIVE + "tls-min-version", "tls_min_version", choice("1.2", "1.3"), "minimum TLS version per host",
          "1.2 | 1.3"),
+    Spec(NATIVE + "tls-ciphers", "tls_ciphers", ciphers, "TLS 1.2 cipher list per host (TLS 1.3 suites are fixed)",
+         "OpenSSL cipher list"),
+    Spec(NATIVE + "tls-prefer-server-ciphers", "tls_prefer_server_ciphers", boolean,
+         "server's cipher order wins (per host)", "true | false (true)"),
     Spec(NATIVE + "load-balance", "load_balance", choice("round-robin", "least-conn", "client-ip-hash"),
          "endpoint choice", "round-robin | least-conn | client-ip-hash"),
     Spec(NATIVE + "connect-timeout", "connect_timeout", duration, "backend connect timeout", "duration (5s)"),
     Spec(NATIVE + "read-timeout", "read_timeout", duration, "backend read timeout", "duration (60s)"),
+    Spec(NATIVE + "send-timeout", "send_timeout", duration, "backend must accept written request bytes within it",
+         "duration (60s)"),
+    Spec(NATIVE + "max-body-size", "max_body_size", size, "request body limit (413 above it)",
+         "size: 1m, 512k, bytes; 0 = no limit"),
+    Spec(NATIVE + "allow-underscore-headers", "allow_underscore_headers", boolean,
+         "forward client header names containing '_' (default: dropped, as nginx; trusted names never pass)",
+         "true | false (false)"),
+    Spec(NATIVE + "backend-tls-versions", "backend_tls_versions", tls_versions, "TLS versions offered to the backend",
+         "TLSv1.2 TLSv1.3"),
+    Spec(NATIVE + "backend-ciphers", "backend_ciphers", ciphers, "TLS 1.2 cipher list offered to the backend",
+         "OpenSSL cipher list"),
+    Spec(NATIVE + "backend-verify-depth", "backend_verify_depth", depth, "longest backend certificate chain",
+         "1-10"),
     # ingress-nginx (original semantics; insecure ones are flagged by the renderer)
     Spec(NGINX + "ssl-passthrough", "mode", nginx_true_means("passthrough"), "TLS passthrough", "true | false"),
     Spec(NGINX + "backend-protocol", "mode", nginx_backend_protocol, "HTTPS: TLS to the backend (not verified "
@@ -257,7 +375,24 @@ SPECS: tuple[Spec, ...] = (
     Spec(NGINX + "auth-tls-secret", "client_auth_secret", secret_name, "client CA (ca.crt, optional ca.crl)",
          "namespace/name"),
     Spec(NGINX + "auth-tls-verify-client", "client_auth", nginx_verify_client, "client certificate policy",
-         "on | optional | off"),
+         "on | optional | optional_no_ca | off"),
+    Spec(NGINX + "auth-tls-match-cn", "client_auth_match_cn", nginx_match_cn, "regex searched in the client subject DN",
+         "CN=regex"),
+    Spec(NGINX + "auth-tls-error-page", "client_auth_error_page", error_page,
+         "redirect target when the client certificate fails", "http(s) URL"),
+    Spec(NGINX + "ssl-ciphers", "tls_ciphers", ciphers, "TLS 1.2 cipher list per host", "OpenSSL cipher list"),
+    Spec(NGINX + "ssl-prefer-server-ciphers", "tls_prefer_server_ciphers", boolean, "server's cipher order wins",
+         "true | false"),
+    Spec(NGINX + "proxy-body-size", "max_body_size", size, "request body limit", "size: 1m, 8m; 0 = no limit"),
+    Spec(NGINX + "proxy-connect-timeout", "connect_timeout", seconds, "backend connect timeout", "seconds"),
+    Spec(NGINX + "proxy-read-timeout", "read_timeout", seconds, "backend read timeout", "seconds"),
+    Spec(NGINX + "proxy-send-timeout", "send_timeout", seconds, "backend send timeout", "seconds"),
+    Spec(NGINX + "proxy-ssl-protocols", "backend_tls_versions", tls_versions, "TLS versions to the backend",
+         "TLSv1.2 TLSv1.3"),
+    Spec(NGINX + "proxy-ssl-ciphers", "backend_ciphers", ciphers, "TLS 1.2 cipher list to the backend",
+         "OpenSSL cipher list"),
+    Spec(NGINX + "proxy-ssl-verify-depth", "backend_verify_depth", depth, "longest backend certificate chain",
+         "1-10"),
     Spec(NGINX + "auth-tls-verify-depth", "client_auth_depth", depth, "client chain depth", "1-10"),
     Spec(NGINX + "auth-tls-pass-certificate-to-upstream", "client_cert_headers", boolean,
          "forward verified client certificate details", "true | false"),

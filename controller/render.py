@@ -104,6 +104,15 @@ _MEANINGFUL = {
     "proxy_protocol": ("passthrough",),
     "tls_min_version": ("offload", "reencrypt"),
     "read_timeout": ("offload", "reencrypt", HTTP_ONLY),
+    "send_timeout": ("offload", "reencrypt", HTTP_ONLY),
+    "max_body_size": ("offload", "reencrypt", HTTP_ONLY),
+    "tls_ciphers": ("offload", "reencrypt"),
+    "tls_prefer_server_ciphers": ("offload", "reencrypt"),
+    "client_auth_match_cn": ("offload", "reencrypt"),
+    "client_auth_error_page": ("offload", "reencrypt"),
+    "backend_tls_versions": ("reencrypt",),
+    "backend_ciphers": ("reencrypt",),
+    "backend_verify_depth": ("reencrypt",),
 }
 
 
@@ -141,7 +150,7 @@ def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
     """``ns/service:port``, plus a digest of the non-default options so different options never share a pool."""
     base = f"{namespace}/{backend.service}:{backend.port_text}"
     options = Pool(id="", tls=spec.tls, load_balance=spec.load_balance, connect_timeout=spec.connect_timeout,
-                   read_timeout=spec.read_timeout, proxy_protocol=spec.proxy_protocol)
+                   read_timeout=spec.read_timeout, send_timeout=spec.send_timeout, proxy_protocol=spec.proxy_protocol)
     if options == Pool(id=""):
         return base
     return base + "~" + hashlib.sha256(repr(options).encode()).hexdigest()[:10]
@@ -249,6 +258,7 @@ class _Renderer:
             load_balance=settings.load_balance or "round-robin",  # type: ignore[arg-type]
             connect_timeout=settings.connect_timeout or 5.0,
             read_timeout=settings.read_timeout or 60.0,
+            send_timeout=settings.send_timeout or 60.0,
             proxy_protocol=(settings.proxy_protocol or "off") if plan.mode == "passthrough" else "off",  # type: ignore[arg-type]
         )
         pool = Pool(**{**spec.__dict__, "id": _pool_id(ing.ref.namespace, backend, spec)})
@@ -284,6 +294,7 @@ class _Renderer:
                                       "route not served: the backend client certificate is unusable")
                     return None
                 client_id = cert.id
+        min_version, max_version = settings.backend_tls_versions or ("1.2", "1.3")
         verify = settings.backend_verify is not False
         if not verify:
             key = settings.origin.get("backend_verify", ann.NGINX + "backend-protocol")
@@ -297,6 +308,10 @@ class _Renderer:
             ca_id=ca_id,
             verify=verify,
             client_cert_id=client_id,
+            min_version=min_version,  # type: ignore[arg-type]
+            max_version=max_version,  # type: ignore[arg-type]
+            ciphers=settings.backend_ciphers or "",
+            verify_depth=settings.backend_verify_depth or 0,
         )
 
     # plan ----------------------------------------------------------------------------------------
@@ -362,10 +377,15 @@ class _Renderer:
         """(usable, client auth); not usable means the Ingress's TLS hosts must not be served (fail closed)."""
         settings = plan.settings
         if settings.client_auth == "off" or settings.client_auth_secret is None:
-            if settings.client_auth in ("required", "optional"):
+            if settings.client_auth in ("required", "optional", "optional_no_ca"):
                 key = settings.origin["client_auth"]
                 self.problems.add(plan.ingress.ref, "Warning", "AnnotationIgnored", _annotation_field(key),
                                   "client-auth needs client-auth-secret (the CA to verify against); ignored")
+            for setting in ("client_auth_match_cn", "client_auth_error_page"):
+                if setting in settings.origin:
+                    self.problems.add(plan.ingress.ref, "Warning", "AnnotationIgnored",
+                                      _annotation_field(settings.origin[setting]),
+                                      "has no effect without client certificate auth (client-auth-secret); ignored")
             return True, None
         bundle = self._ca(plan, settings.client_auth_secret, "client CA")
         if bundle is None:
@@ -375,6 +395,8 @@ class _Renderer:
             mode=settings.client_auth or "required",  # type: ignore[arg-type]
             verify_depth=settings.client_auth_depth or 1,
             forward_headers=bool(settings.client_cert_headers),
+            match_cn=settings.client_auth_match_cn or "",
+            error_page=settings.client_auth_error_page or "",
         )
 
     def _plan_http(self, plan: _Plan) -> None:
@@ -411,7 +433,8 @@ class _Renderer:
             for host, cert_id in certs.items():
                 plan.tls_rows[host] = TLSHost(
                     host, "terminate", certificate_id=cert_id, min_version=settings.tls_min_version or "1.2",  # type: ignore[arg-type]
-                    client_auth=client_auth, source=str(ing.ref),
+                    client_auth=client_auth, ciphers=settings.tls_ciphers or "",
+                    prefer_server_ciphers=settings.tls_prefer_server_ciphers is not False, source=str(ing.ref),
                 )
                 plan.hosts.add(host)
         if self._refuse_tls_rows(plan):
@@ -510,7 +533,9 @@ class _Renderer:
         kind = "Exact" if path_type == "Exact" else "Prefix"
         if kind == "Prefix" and len(path) > 1:
             path = path.rstrip("/") or "/"
-        return Route(path, kind, pool.id, source=str(ing.ref))  # type: ignore[arg-type]
+        body = plan.settings.max_body_size
+        return Route(path, kind, pool.id, max_body_size=-1 if body is None else body,  # type: ignore[arg-type]
+                     source=str(ing.ref))
 
 
 # --- merging plans: oldest wins -------------------------------------------------------------------
@@ -523,6 +548,11 @@ class _HostState:
     tls_row: TLSHost | None = None
     insecure_policy: tuple[str, Ingress, str] | None = None  # value, who set it, which annotation
     hsts: tuple[str, Ingress, str] | None = None
+
+
+def _host_tls_settings(row: TLSHost) -> tuple[object, ...]:
+    """What a younger Ingress must agree on to share a host: all of it is one handshake policy."""
+    return (row.client_auth, row.min_version, row.ciphers, row.prefer_server_ciphers)
 
 
 class _Tables:
@@ -554,11 +584,11 @@ class _Tables:
             if row is not None:
                 if state.tls_row is None:
                     state.tls_row = row
-                elif (row.client_auth, row.min_version) != (state.tls_row.client_auth, state.tls_row.min_version):
+                elif _host_tls_settings(row) != _host_tls_settings(state.tls_row):
                     self.problems.add(ing.ref, "Warning", "TLSSettingsConflict", "metadata.annotations",
                                       f"host {host} already has different TLS settings (client auth, minimum "
-                                      f"version) from older {state.owner.ref}; this Ingress's routes for it are "
-                                      "ignored so they cannot weaken or bypass them")
+                                      f"version, ciphers) from older {state.owner.ref}; this Ingress's routes for "
+                                      "it are ignored so they cannot weaken or bypass them")
                     continue
                 elif row.certificate_id and row.certificate_id != state.tls_row.certificate_id:
                     self.problems.add(ing.ref, "Warning", "CertificateConflict", "spec.tls",

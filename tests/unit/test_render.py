@@ -257,7 +257,7 @@ INVALID = [
     (P + "backend-verify", "maybe"), (P + "backend-client-secret", "a/b"), (P + "client-auth-secret", "UPPER"),
     (P + "client-auth", "sometimes"), (P + "client-cert-headers", "2"), (P + "proxy-protocol", "v3"),
     (P + "tls-min-version", "1.1"), (P + "load-balance", "random"), (P + "connect-timeout", "5 s"),
-    (P + "read-timeout", "2d"), (P + "read-timeout", "0s"), (NGINX + "auth-tls-verify-client", "optional_no_ca"),
+    (P + "read-timeout", "2d"), (P + "read-timeout", "0s"), (NGINX + "auth-tls-verify-client", "optional-no-ca"),
     (NGINX + "auth-tls-verify-depth", "0"), (NGINX + "proxy-ssl-server-name", "off"),
     (NGINX + "ssl-redirect", "perhaps"), (NGINX + "proxy-ssl-verify", "yes please"),
 ]
