@@ -42,6 +42,13 @@ class Metrics:
             p + "upstream_failures", "Upstream connect and TLS verification failures by pool",
             ["pool", "reason"], registry=r,
         )
+        self.dropped_request_headers = Counter(
+            p + "http_dropped_request_headers", "Client request headers dropped at the edge: trusted (a name only "
+            "the edge sets, in any spelling) or underscore (a name with '_' on a host that does not allow them)",
+            ["reason"], registry=r,
+        )
+        self._dropped_trusted = self.dropped_request_headers.labels("trusted")
+        self._dropped_underscore = self.dropped_request_headers.labels("underscore")
         self.insecure_upstreams = Gauge(
             p + "insecure_upstream_pools", "Pools with backend certificate verification turned off", registry=r
         )
@@ -60,6 +67,13 @@ class Metrics:
             p + "certificate_not_after_seconds", "Expiry (unix time) of each served certificate",
             ["certificate", "names"], registry=r,
         )
+
+    def count_dropped_headers(self, trusted: int, underscore: int) -> None:
+        """One request's dropped client headers (children made once: ``labels`` takes a lock)."""
+        if trusted:
+            self._dropped_trusted.inc(trusted)
+        if underscore:
+            self._dropped_underscore.inc(underscore)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

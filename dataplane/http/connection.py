@@ -35,6 +35,7 @@ from dataplane.http.parser import (
     ResponseHead,
     chunk,
     parse_request_head,
+    partial_head_error,
 )
 from dataplane.http.responses import REASONS, local_response
 from dataplane.http.table import NO_HOST_LABEL, HTTPTable, Local
@@ -190,11 +191,16 @@ class HTTPProtocol(asyncio.Protocol):
                     self._reply(414, "request line too long", close=True)
                 elif len(buf) - first > settings.max_header_bytes:
                     self._reply(431, "request headers too large", close=True)
+                    return
+                error = partial_head_error(buf)
+                if error is not None:  # e.g. bare-LF lines: the CRLFCRLF waited for never comes
+                    self._reply(error.status, error.reason, close=True)
                 return
             head = bytes(buf[:end])
             del buf[: end + 4]
             try:
-                req = parse_request_head(head, settings.max_request_line, settings.max_header_bytes)
+                req = parse_request_head(head, settings.max_request_line, settings.max_header_bytes,
+                                         settings.max_headers)
             except ParseError as exc:
                 self._reply(exc.status, exc.reason, close=True)
                 return
@@ -226,7 +232,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._tried = []
         self._last_error = None
         self._retried = False
-        self._up_head = upstream_request_head(req, self._block, request_id(req.request_id))
+        self._up_head = upstream_request_head(req, self._block, request_id(req.request_id),
+                                              vhost.allow_underscore_headers, self._metrics)
         self._send(fresh=False)
 
     # --- choosing and reaching an upstream ------------------------------------------------------

@@ -4,6 +4,13 @@ The edge is the trust boundary: anything a client sends that claims to describe 
 (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, the ``ssl-client-*`` certificate headers) is
 dropped and, where the proxy knows the truth, replaced. The parts that do not change during a
 connection are rendered once per connection (``connection_block``).
+
+Header names are compared in one canonical form, lower case with ``_`` -> ``-``
+(``parser.canonical_name``): WSGI/CGI servers read ``X_Forwarded_For`` and ``X-Forwarded-For`` as
+the same ``HTTP_X_FORWARDED_FOR``, so every drop list below matches every spelling. Client header
+names containing ``_`` are dropped unless the virtual host allows them (as nginx's
+``underscores_in_headers``); even then a name whose canonical form is hop-by-hop, listed in
+``Connection``, or one the edge sets itself is dropped. Drops are counted per request, once.
 """
 
 from __future__ import annotations
@@ -14,18 +21,23 @@ import urllib.parse
 
 from dataplane.http.info import ConnectionInfo
 from dataplane.http.parser import RequestHead, ResponseHead
+from dataplane.metrics import Metrics
 
 CRLF = b"\r\n"
 
+# All names below are canonical (lower case, "-" never "_").
 # Hop-by-hop (RFC 9110 7.6.1) plus the framing headers the proxy re-creates itself.
 _HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length",
 })
-_REQUEST_DROP = _HOP | frozenset({
-    b"host", b"forwarded", b"x-real-ip", b"x-request-id",
+# Names that describe the connection or the client certificate: only the edge may set them.
+# ``Proxy`` too: CGI-style servers expose it as HTTP_PROXY, read as the outbound proxy (httpoxy).
+TRUSTED = frozenset({
+    b"forwarded", b"x-real-ip", b"proxy",
     b"ssl-client-verify", b"ssl-client-subject-dn", b"ssl-client-issuer-dn", b"ssl-client-cert",
 })
-_REQUEST_DROP_PREFIXES = (b"proxy-", b"x-forwarded-", b"ssl-client-")
+TRUSTED_PREFIXES = (b"proxy-", b"x-forwarded-", b"ssl-client-")
+_REQUEST_DROP = _HOP | TRUSTED | frozenset({b"host", b"x-request-id"})
 _RESPONSE_DROP_PREFIXES = (b"proxy-",)
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:=+/@-]{1,128}")
@@ -73,16 +85,39 @@ def request_id(client_value: bytes) -> bytes:
     return b"%032x" % random.getrandbits(128)
 
 
-def upstream_request_head(req: RequestHead, block: bytes, req_id: bytes) -> bytes:
-    """The request head sent to the backend: HTTP/1.1, hop-by-hop and spoofable headers removed."""
+def _canonical_tokens(tokens: frozenset[bytes]) -> frozenset[bytes]:
+    for t in tokens:
+        if b"_" in t:
+            return frozenset(t.replace(b"_", b"-") for t in tokens)
+    return tokens
+
+
+def upstream_request_head(
+    req: RequestHead, block: bytes, req_id: bytes, allow_underscore: bool = False, metrics: Metrics | None = None
+) -> bytes:
+    """The request head sent to the backend: HTTP/1.1, hop-by-hop and spoofable headers removed
+    (in every spelling), client names with ``_`` removed unless ``allow_underscore``."""
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if req.host:
         parts += (b"Host: ", req.host, CRLF)
-    conn = req.connection_tokens
+    conn = _canonical_tokens(req.connection_tokens)
+    trusted = underscore = 0
     for lname, line in req.headers:
-        if lname in _REQUEST_DROP or lname.startswith(_REQUEST_DROP_PREFIXES) or lname in conn:
+        if b"_" in lname:
+            lname = lname.replace(b"_", b"-")
+            if lname in TRUSTED or lname.startswith(TRUSTED_PREFIXES):
+                trusted += 1
+                continue
+            if not allow_underscore or lname in _REQUEST_DROP or lname in conn:
+                underscore += 1
+                continue
+        elif lname in _REQUEST_DROP or lname.startswith(TRUSTED_PREFIXES) or lname in conn:
+            if lname in TRUSTED or lname.startswith(TRUSTED_PREFIXES):
+                trusted += 1
             continue
         parts += (line, CRLF)
+    if (trusted or underscore) and metrics is not None:
+        metrics.count_dropped_headers(trusted, underscore)
     parts.append(block)
     if req.host:
         parts += (b"X-Forwarded-Host: ", req.host, CRLF)
@@ -117,8 +152,10 @@ def client_response_head(
 ) -> bytes:
     """The response head for the client; ``upgrade`` set only for a 101 the client asked for."""
     parts = [b"HTTP/1.1 %d " % resp.status, resp.reason, CRLF]
-    conn = resp.connection_tokens
+    conn = _canonical_tokens(resp.connection_tokens)
     for lname, line in resp.headers:
+        if b"_" in lname:
+            lname = lname.replace(b"_", b"-")
         if lname in _HOP or lname.startswith(_RESPONSE_DROP_PREFIXES) or lname in conn:
             continue
         if hsts is not None and lname == b"strict-transport-security":

@@ -9,7 +9,14 @@ it consumed, so the framing is done here, where every smuggling rule is explicit
 - several ``Content-Length`` values that differ -> 400 (equal copies are collapsed);
 - ``Transfer-Encoding`` other than exactly ``chunked`` (or on HTTP/1.0) -> 400 (501 would invite retries);
 - obs-fold, bare CR or LF, control bytes, whitespace before the colon, bad tokens -> 400;
-- chunk sizes that are not 1-16 hex digits, missing CRLF after chunk data -> error.
+- chunk sizes that are not 1-16 hex digits, missing CRLF after chunk data -> error;
+- more than ``max_headers`` header lines -> 431.
+
+The request path is normalised here (``dataplane/http/path.py``): ``RequestHead.target`` and
+``.path`` are already canonical, so routing and the backend see one spelling. Header names keep
+their exact lower-case spelling for framing (``Content_Length`` is not a Content-Length: a front
+proxy did not frame by it either); ``canonical_name`` (``_`` -> ``-``) is the form used wherever a
+header is stripped or trusted (``dataplane/http/headers.py``), so no spelling of a trusted name passes.
 
 The cost stays in C: one ``find`` for the end of the head, one ``split`` into lines, one regex
 over the whole head for forbidden bytes, a ``partition`` and a precompiled ``fullmatch`` per header.
@@ -20,6 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dataplane.http.path import PathError, normalize_path
+
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control bytes other than HTAB, CR and LF anywhere in a head are never valid.
 _FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -29,6 +38,7 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS = re.compile(rb"[0-9]{3}")
 
 MAX_CHUNK_LINE = 4096
+DEFAULT_MAX_HEADERS = 100
 MAX_TRAILER_BYTES = 16384
 
 
@@ -44,8 +54,8 @@ class ParseError(Exception):
 @dataclass(slots=True)
 class RequestHead:
     method: bytes
-    target: bytes  # origin-form (absolute-form is rewritten to it) or b"*"
-    path: str  # target without the query, for routing
+    target: bytes  # normalised origin-form (absolute-form is rewritten to it) plus the raw query, or b"*"
+    path: str  # normalised path without the query and without ";" parameters, for routing
     version: int  # 10 or 11
     headers: list[tuple[bytes, bytes]]  # (lower-case name, raw "Name: value" line without CRLF)
     host: bytes  # Host header (or the authority of an absolute-form target); b"" when absent
@@ -81,6 +91,38 @@ def _check_bytes(head: bytes, status: int) -> None:
         raise ParseError(status, "bare CR or LF in message head")
 
 
+def canonical_name(name: bytes) -> bytes:
+    """The one spelling of a header name used for every strip/trust decision: lower case, ``_`` -> ``-``.
+
+    WSGI/CGI servers (wsgiref, gunicorn < 22, uWSGI, PHP) map both ``-`` and ``_`` to ``_`` in
+    ``HTTP_*`` variables, so ``X_Forwarded_For`` is ``X-Forwarded-For`` to them."""
+    return name.lower().replace(b"_", b"-")
+
+
+def partial_head_error(buf: bytes | bytearray) -> ParseError | None:
+    """Whether an incomplete request head (no blank line yet) is already invalid, so the client gets
+    its 400 now instead of waiting for a blank CRLF line that a bare-LF client never sends."""
+    lf = buf.count(b"\n")
+    if lf and lf != buf.count(b"\r\n"):
+        return ParseError(400, "bare LF in request head (lines must end with CRLF)")
+    cr = buf.count(b"\r")
+    if cr != lf and (cr != lf + 1 or buf[-1] != 13):
+        return ParseError(400, "bare CR in request head")
+    return None
+
+
+def _split_target(target: bytes) -> tuple[bytes, str]:
+    """Normalise an origin-form target: ``(canonical path + raw query, routing path)``."""
+    raw, q, query = target.partition(b"?")
+    try:
+        forwarded, routing = normalize_path(raw)
+    except PathError as exc:
+        raise ParseError(400, str(exc)) from None
+    if forwarded is not raw:
+        target = forwarded + q + query
+    return target, routing.decode("latin-1")
+
+
 def _header_lines(lines: list[bytes], status: int) -> list[tuple[bytes, bytes, bytes]]:
     out: list[tuple[bytes, bytes, bytes]] = []
     for line in lines:
@@ -109,7 +151,9 @@ def _tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip(b" \t").lower() for t in value.split(b","))
 
 
-def parse_request_head(head: bytes, max_request_line: int, max_header_bytes: int) -> RequestHead:
+def parse_request_head(
+    head: bytes, max_request_line: int, max_header_bytes: int, max_headers: int = DEFAULT_MAX_HEADERS
+) -> RequestHead:
     """Parse a request head (everything before the blank line, without the final CRLFCRLF)."""
     line_end = head.find(b"\r\n")
     request_line = head if line_end < 0 else head[:line_end]
@@ -162,6 +206,8 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_bytes: int
     upgrade = b""
     request_id = b""
     lines = head[line_end + 2:].split(b"\r\n") if line_end >= 0 else []
+    if len(lines) > max_headers:
+        raise ParseError(431, f"more than {max_headers} request headers")
     for lname, line, value in _header_lines(lines, 400):
         headers.append((lname, line))
         if lname == b"host":
@@ -195,7 +241,10 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_bytes: int
     if b"upgrade" not in connection:
         upgrade = b""
     keep_alive = b"close" not in connection if version == 11 else b"keep-alive" in connection
-    path = target.partition(b"?")[0].decode("latin-1")
+    if target == b"*":
+        path = "*"
+    else:
+        target, path = _split_target(target)
     return RequestHead(
         method, target, path, version, headers, host, content_length, chunked, keep_alive, upgrade,
         connection, request_id,

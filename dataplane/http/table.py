@@ -31,6 +31,7 @@ class HTTPSettings:
     https_redirect_port: int = 443  # port in the Location of insecure-policy redirects (443 -> omitted)
     max_header_bytes: int = 32768  # 431 beyond
     max_request_line: int = 8192  # 414 beyond
+    max_headers: int = 100  # request header lines; 431 beyond
     keepalive_timeout: float = 75.0  # idle client connection between requests
     header_timeout: float = 30.0  # from the first byte of a request head to its end
     max_body_buffer: int = 256 * 1024  # client bytes buffered while the upstream is not writable
@@ -62,6 +63,7 @@ class VHostEntry:
     label: str  # metrics label: the configured host (bounded cardinality), never the raw Host header
     routes: tuple[tuple[str, bool, str, Forward], ...] = field(default=(), compare=False)
     no_route: Local = field(default=Local(404, "no route for this path"), compare=False)
+    allow_underscore_headers: bool = False  # else client header names with "_" are dropped (headers.py)
 
     def match(self, path: str) -> Forward | None:
         """Exact routes, then prefixes by length (snapshot order); prefixes match whole path segments."""
@@ -79,6 +81,7 @@ def _vhost_entry(vhost: VirtualHost) -> VHostEntry:
     entry = VHostEntry(
         vhost.host, vhost.tls, vhost.insecure_policy, vhost.hsts.encode() if vhost.hsts else None, label,
         no_route=Local(404, "no route for this path", label=label),
+        allow_underscore_headers=vhost.allow_underscore_headers,
     )
     routes: list[tuple[str, bool, str, Forward]] = []
     for route in sorted(vhost.routes, key=route_order):
