@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +219,58 @@ class _Reader:
         return None
 
 
+# --- what the apiserver's validation refuses (networking.k8s.io/v1 Ingress) ---------------------
+# Local manifests never meet an apiserver; these mirror its checks so `portcullis render`/`local`
+# report what `kubectl apply` would refuse, naming the field, instead of serving it silently.
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*", re.ASCII)
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?", re.ASCII)
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9]|-(?!-))*", re.ASCII)
+PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
+_INVALID_PATH_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
+_INVALID_PATH_SUFFIXES = ("/..", "/.")
+
+
+def host_problem(host: str) -> str:
+    """Why the apiserver refuses ``host`` as an Ingress rule or TLS host ("" when it does not)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return "must be a DNS name, not an IP address"
+    name = host[2:] if host.startswith("*.") else host
+    if "*" in name:
+        return "a wildcard is allowed only as the whole first label (*.example.com)"
+    if len(host) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+        return "must be a lower-case DNS name (RFC 1123: a-z, 0-9, '-' and '.', at most 253 characters)"
+    return ""
+
+
+def path_problem(path: str, path_type: str) -> str:
+    """Why the apiserver refuses this path for its pathType ("" when it does not)."""
+    if path_type == "ImplementationSpecific":
+        return "must be an absolute path (start with /)" if path and not path.startswith("/") else ""
+    if not path.startswith("/"):
+        return "must be an absolute path (start with /)"
+    for sequence in _INVALID_PATH_SEQUENCES:
+        if sequence in path:
+            return f"must not contain {sequence!r}"
+    for suffix in _INVALID_PATH_SUFFIXES:
+        if path.endswith(suffix):
+            return f"must not end with {suffix!r}"
+    return ""
+
+
+def port_name_problem(name: str) -> str:
+    """IANA service name: at most 15 of a-z, 0-9 and '-', a letter somewhere, no '--' or edge '-'."""
+    if len(name) > 15 or not _IANA_SVC_NAME.fullmatch(name) or name.endswith("-") \
+            or not any("a" <= c <= "z" for c in name):
+        return "must be an IANA service name (at most 15 of a-z, 0-9 and '-', with a letter)"
+    return ""
+
+
 def _ref(obj: Mapping[str, Any], kind: str) -> tuple[ObjectRef, Mapping[str, Any]]:
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
@@ -252,8 +306,14 @@ def _backend(reader: _Reader, value: Any, field_path: str) -> BackendRef | None:
     if not spec:
         reader.problem(field_path, "backend is missing")
         return None
+    if spec.get("resource") is not None and spec.get("service") is not None:
+        reader.problem(field_path, "only one of service and resource may be set")
+        return None
     if "resource" in spec:
         reader.problem(f"{field_path}.resource", "resource backends are not supported; use a Service", "Unsupported")
+        return None
+    if spec.get("service") is None:
+        reader.problem(f"{field_path}.service", "a backend needs a service (or a resource)")
         return None
     service = reader.mapping(spec.get("service"), f"{field_path}.service")
     name = reader.text(service.get("name"), f"{field_path}.service.name")
@@ -263,8 +323,15 @@ def _backend(reader: _Reader, value: Any, field_path: str) -> BackendRef | None:
     if not name:
         reader.problem(f"{field_path}.service.name", "backend service name is missing")
         return None
+    if len(name) > 63 or not _DNS1035_LABEL.fullmatch(name):
+        reader.problem(f"{field_path}.service.name", f"{name!r} is not a Service name (RFC 1035 label: a-z, 0-9 "
+                       "and '-', starting with a letter, at most 63 characters)")
+        return None
     if (number is None) == (port_name is None):
         reader.problem(f"{field_path}.service.port", "exactly one of port.number and port.name is required")
+        return None
+    if port_name is not None and port_name_problem(port_name):
+        reader.problem(f"{field_path}.service.port.name", f"{port_name!r} {port_name_problem(port_name)}")
         return None
     return BackendRef(name, number, port_name, field_path)
 
@@ -279,31 +346,28 @@ def _ingress(obj: Mapping[str, Any]) -> Ingress:
     if spec.get("defaultBackend") is not None:
         default_backend = _backend(r, spec.get("defaultBackend"), "spec.defaultBackend")
     rules: list[IngressRule] = []
-    for i, raw_rule in enumerate(r.items(spec.get("rules"), "spec.rules")):
-        where = f"spec.rules[{i}]"
-        rule = r.mapping(raw_rule, where)
-        host = r.text(rule.get("host"), f"{where}.host").lower()
-        http = r.mapping(rule.get("http"), f"{where}.http")
-        paths: list[IngressPath] = []
-        for j, raw_path in enumerate(r.items(http.get("paths"), f"{where}.http.paths")):
-            pwhere = f"{where}.http.paths[{j}]"
-            item = r.mapping(raw_path, pwhere)
-            paths.append(
-                IngressPath(
-                    path=r.text(item.get("path"), f"{pwhere}.path", "/") or "/",
-                    path_type=r.text(item.get("pathType"), f"{pwhere}.pathType", "ImplementationSpecific"),
-                    backend=_backend(r, item.get("backend"), f"{pwhere}.backend"),
-                    field=pwhere,
-                )
-            )
-        rules.append(IngressRule(host, tuple(paths), where))
+    raw_rules = r.items(spec.get("rules"), "spec.rules")
+    if not raw_rules and spec.get("defaultBackend") is None:
+        r.problem("spec", "either defaultBackend or rules must be specified; nothing is served")
+    for i, raw_rule in enumerate(raw_rules):
+        rule = _rule(r, raw_rule, f"spec.rules[{i}]")
+        if rule is not None:
+            rules.append(rule)
     tls: list[IngressTLS] = []
     for i, raw_tls in enumerate(r.items(spec.get("tls"), "spec.tls")):
         where = f"spec.tls[{i}]"
         entry = r.mapping(raw_tls, where)
-        hosts = tuple(r.text(h, f"{where}.hosts").lower() for h in r.items(entry.get("hosts"), f"{where}.hosts"))
-        tls.append(IngressTLS(tuple(h for h in hosts if h), r.text(entry.get("secretName"), f"{where}.secretName"),
-                              where))
+        hosts: list[str] = []
+        for j, raw_host in enumerate(r.items(entry.get("hosts"), f"{where}.hosts")):
+            host = r.text(raw_host, f"{where}.hosts[{j}]")
+            if host and host_problem(host):
+                r.problem(f"{where}.hosts[{j}]", f"host {host!r} {host_problem(host)}; TLS host skipped",
+                          "InvalidHost")
+            elif host:
+                hosts.append(host)
+        if entry.get("hosts") and not hosts:
+            continue  # every host refused: the entry must not widen to all rule hosts
+        tls.append(IngressTLS(tuple(hosts), r.text(entry.get("secretName"), f"{where}.secretName"), where))
     generation = meta.get("generation")
     return Ingress(
         ref=ref,
@@ -318,6 +382,41 @@ def _ingress(obj: Mapping[str, Any]) -> Ingress:
         problems=tuple(r.problems),
         status_addresses=_lb_addresses(obj),
     )
+
+
+def _rule(r: _Reader, raw_rule: Any, where: str) -> IngressRule | None:
+    """One rule; None (reported) when the apiserver would refuse its host. Refused paths are left out."""
+    rule = r.mapping(raw_rule, where)
+    host = r.text(rule.get("host"), f"{where}.host")
+    if host and host_problem(host):
+        r.problem(f"{where}.host", f"host {host!r} {host_problem(host)}; rule skipped", "InvalidHost")
+        return None
+    paths: list[IngressPath] = []
+    if rule.get("http") is not None:
+        http = r.mapping(rule.get("http"), f"{where}.http")
+        raw_paths = r.items(http.get("paths"), f"{where}.http.paths")
+        if not raw_paths:
+            r.problem(f"{where}.http.paths", "at least one path is required")
+        for j, raw_path in enumerate(raw_paths):
+            path = _path(r, raw_path, f"{where}.http.paths[{j}]")
+            if path is not None:
+                paths.append(path)
+    return IngressRule(host, tuple(paths), where)
+
+
+def _path(r: _Reader, raw_path: Any, where: str) -> IngressPath | None:
+    item = r.mapping(raw_path, where)
+    path = r.text(item.get("path"), f"{where}.path")
+    path_type = r.text(item.get("pathType"), f"{where}.pathType")
+    backend = _backend(r, item.get("backend"), f"{where}.backend")
+    if not path_type:
+        r.problem(f"{where}.pathType", "pathType is required (Exact, Prefix or ImplementationSpecific); path skipped",
+                  "InvalidPath")
+        return None
+    if path_type in PATH_TYPES and path_problem(path, path_type):
+        r.problem(f"{where}.path", f"path {path!r} {path_problem(path, path_type)}; path skipped", "InvalidPath")
+        return None
+    return IngressPath(path=path or "/", path_type=path_type, backend=backend, field=where)
 
 
 def _lb_addresses(obj: Mapping[str, Any]) -> tuple[str, ...]:
