@@ -106,6 +106,7 @@ _MEANINGFUL = {
     "read_timeout": ("offload", "reencrypt", HTTP_ONLY),
     "send_timeout": ("offload", "reencrypt", HTTP_ONLY),
     "max_body_size": ("offload", "reencrypt", HTTP_ONLY),
+    "allow_underscore_headers": ("offload", "reencrypt", HTTP_ONLY),
     "tls_ciphers": ("offload", "reencrypt"),
     "tls_prefer_server_ciphers": ("offload", "reencrypt"),
     "client_auth_match_cn": ("offload", "reencrypt"),
@@ -548,6 +549,7 @@ class _HostState:
     tls_row: TLSHost | None = None
     insecure_policy: tuple[str, Ingress, str] | None = None  # value, who set it, which annotation
     hsts: tuple[str, Ingress, str] | None = None
+    allow_underscore_headers: tuple[bool, Ingress, str] | None = None
 
 
 def _host_tls_settings(row: TLSHost) -> tuple[object, ...]:
@@ -596,7 +598,7 @@ class _Tables:
                                       f"{state.owner.ref}")
                 if row.pool_id:
                     used_pools.add(row.pool_id)
-            for setting in ("insecure_policy", "hsts"):
+            for setting in ("insecure_policy", "hsts", "allow_underscore_headers"):
                 value = getattr(plan.settings, setting)
                 if value is not None and getattr(state, setting) is None:
                     setattr(state, setting, (value, ing, plan.settings.origin[setting]))
@@ -673,8 +675,10 @@ class _Tables:
 
     def _virtual_host(self, host: str, state: _HostState | None, routes: tuple[Route, ...]) -> VirtualHost:
         tls = state is not None and state.tls_row is not None
+        underscore = state is not None and state.allow_underscore_headers is not None and \
+            state.allow_underscore_headers[0]
         if not tls:
-            return VirtualHost(host, routes)
+            return VirtualHost(host, routes, allow_underscore_headers=underscore)
         assert state is not None and state.tls_row is not None
         policy = state.insecure_policy[0] if state.insecure_policy else "redirect"
         if policy == "allow" and (state.tls_row.client_auth is not None or state.mode == "passthrough"):
@@ -690,7 +694,8 @@ class _Tables:
             hsts = state.hsts[0] or None
         if state.mode == "passthrough":
             hsts = None
-        return VirtualHost(host, routes, tls=True, insecure_policy=policy, hsts=hsts)  # type: ignore[arg-type]
+        return VirtualHost(host, routes, tls=True, insecure_policy=policy, hsts=hsts,  # type: ignore[arg-type]
+                           allow_underscore_headers=underscore)
 
 
 def render(inputs: Inputs, config: RenderConfig) -> tuple[Snapshot, list[Problem]]:

@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file holding the bearer token the controller pushes with")
     add("--https-redirect-port", type=int, default=_default("https-redirect-port", 443, int),
         help="port in insecure-policy redirect locations (443: omitted)")
+    add("--max-headers", type=int, default=_default("max-headers", 100, int),
+        help="request header lines allowed per request (431 beyond)")
     add("--workers", type=int, default=_default("workers", 1, int),
         help="worker processes per pod (only 1 in this version)")
     add("--tunnel-idle-timeout", type=float, default=_default("tunnel-idle-timeout", 3600.0, float),
@@ -115,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         admin_key_file=args.admin_key_file,
         admin_token=read_token(args.admin_token_file),
         https_redirect_port=args.https_redirect_port,
+        max_headers=args.max_headers,
         drain_timeout=args.drain_timeout,
         tunnel_idle_timeout=args.tunnel_idle_timeout,
     )

@@ -3,12 +3,17 @@
 A ``TLSTable`` is built once per snapshot and never changes. Contexts are keyed by the *content*
 of what goes into them (certificate and key bytes, minimum version, client CA bytes and mode), not
 by ids the snapshot asserts, so an apply that does not change a certificate reuses the very same
-context object: no key reload, and session tickets issued before the apply stay valid.
+context object: no key reload, and sessions cached before the apply stay resumable.
+
+Session tickets are off (``OP_NO_TICKET``): a ticket is encrypted with a key that lives as long as
+the context (so for the life of the process), and whoever steals that key can decrypt every
+recorded session that resumed with it. Resumption instead uses OpenSSL's server-side session cache
+(per context; TLS 1.3 tickets then only carry a cache reference), which keeps no long-lived key.
+The handshake cost of this is measured in ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import logging
 import ssl
@@ -20,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dataplane import pem
+from dataplane import openssl, pem
 from dataplane.snapshot import CABundle, Certificate, ClientAuth, Snapshot, TLSHost, TLSVersion, content_id
 
 log = logging.getLogger(__name__)
@@ -67,73 +72,50 @@ class ContextKey:
     client_ca: str | None = None  # content id of CA + CRL
     client_mode: str | None = None
     verify_depth: int = 1
+    ciphers: str = ""
+    prefer_server_ciphers: bool = True
+    accept_any_client_cert: bool = False
+
+
+def accepts_any_client_cert(client_auth: ClientAuth | None) -> bool:
+    """Whether the handshake must complete whatever client certificate is sent.
+
+    ``optional_no_ca`` forwards certificates nobody verified (marked unverified); a host with an
+    error page lets the handshake finish so the HTTP engine can redirect instead of the client
+    seeing a TLS alert. Both then rely on the verify result read after the handshake.
+    """
+    return client_auth is not None and (client_auth.mode == "optional_no_ca" or bool(client_auth.error_page))
 
 
 def server_context(
     certificate: Certificate, min_version: TLSVersion = "1.2", client_auth: ClientAuth | None = None,
-    client_ca: CABundle | None = None,
+    client_ca: CABundle | None = None, ciphers: str = "", prefer_server_ciphers: bool = True,
 ) -> ssl.SSLContext:
-    """A hardened server context; raises ``ssl.SSLError`` when the PEM does not load."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """A hardened server context; raises ``ssl.SSLError`` when the PEM or the cipher list does not load."""
+    accept_any = client_ca is not None and accepts_any_client_cert(client_auth)
+    ctx = openssl.AcceptAnyPeerContext(ssl.PROTOCOL_TLS_SERVER) if accept_any else \
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.set_ciphers(ciphers or TLS12_CIPHERS)
     ctx.set_alpn_protocols(ALPN_PROTOCOLS)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET
+    if prefer_server_ciphers:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     pem.load_key_pair(ctx, certificate.cert_pem, certificate.key_pem)
     if client_auth is not None and client_ca is not None:
         pem.load_trust(ctx, client_ca.pem, client_ca.crl_pem)
-        ctx.verify_mode = ssl.CERT_REQUIRED if client_auth.mode == "required" else ssl.CERT_OPTIONAL
-        if not set_verify_depth(ctx, client_auth.verify_depth):
+        if isinstance(ctx, openssl.AcceptAnyPeerContext):
+            if not openssl.accept_any_peer_certificate(ctx):
+                log.warning("cannot accept unverified client certificates here; untrusted ones fail the handshake",
+                            extra={"client_mode": client_auth.mode})
+        else:
+            ctx.verify_mode = ssl.CERT_REQUIRED if client_auth.mode == "required" else ssl.CERT_OPTIONAL
+        if not openssl.set_verify_depth(ctx, client_auth.verify_depth):
             log.warning("client certificate verify depth not set; OpenSSL's default (100) applies",
                         extra={"verify_depth": client_auth.verify_depth})
     return ctx
-
-
-def set_verify_depth(ctx: ssl.SSLContext, depth: int) -> bool:
-    """``SSL_CTX_set_verify_depth``, which Python's ssl module does not expose.
-
-    Reaches the ``SSL_CTX*`` behind the context object through ctypes, guarded so that it only
-    acts when the libssl it loads is the one ``_ssl`` uses (same version number) and the pointer
-    reads back OpenSSL's untouched default. Otherwise the depth is left at OpenSSL's default and
-    the caller is told (False) so it can log it.
-    """
-    try:
-        lib = _libssl()
-        if lib is None:
-            return False
-        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        if not ptr:
-            return False
-        if lib.SSL_CTX_get_verify_depth(ptr) != -1:  # a fresh SSL_CTX says -1; anything else: wrong pointer
-            return False
-        lib.SSL_CTX_set_verify_depth(ptr, depth)
-        return bool(lib.SSL_CTX_get_verify_depth(ptr) == depth)
-    except (OSError, AttributeError, ValueError):
-        return False
-
-
-_LIBSSL: list[ctypes.CDLL | None] = []
-
-
-def _libssl() -> ctypes.CDLL | None:
-    if _LIBSSL:
-        return _LIBSSL[0]
-    lib: ctypes.CDLL | None = None
-    for name in ("libssl.so.3", "libssl.so.1.1", "libssl.so"):
-        try:
-            candidate = ctypes.CDLL(name)
-            candidate.OpenSSL_version_num.restype = ctypes.c_ulong
-            if candidate.OpenSSL_version_num() == ssl.OPENSSL_VERSION_NUMBER:
-                candidate.SSL_CTX_get_verify_depth.argtypes = [ctypes.c_void_p]
-                candidate.SSL_CTX_get_verify_depth.restype = ctypes.c_int
-                candidate.SSL_CTX_set_verify_depth.argtypes = [ctypes.c_void_p, ctypes.c_int]
-                candidate.SSL_CTX_set_verify_depth.restype = None
-                lib = candidate
-                break
-        except (OSError, AttributeError):
-            continue
-    _LIBSSL.append(lib)
-    return lib
 
 
 @dataclass(frozen=True)
@@ -173,18 +155,20 @@ def build_tls_table(
     cas = {c.id: c for c in snapshot.ca_bundles}
     default_cert = certs.get(snapshot.default_certificate_id or "", fallback)
 
-    def context(cert: Certificate, min_version: TLSVersion, auth: ClientAuth | None) -> ssl.SSLContext | None:
+    def context(cert: Certificate, min_version: TLSVersion, auth: ClientAuth | None, ciphers: str = "",
+                prefer: bool = True) -> ssl.SSLContext | None:
         ca = cas.get(auth.ca_id) if auth is not None else None
         key = ContextKey(
             content_id(cert.cert_pem, cert.key_pem), min_version,
             content_id(ca.pem, ca.crl_pem) if ca is not None else None,
             auth.mode if auth is not None else None,
             auth.verify_depth if auth is not None else 1,
+            ciphers, prefer, accepts_any_client_cert(auth),
         )
         found = contexts.get(key) or old.get(key)
         if found is None:
             try:
-                found = server_context(cert, min_version, auth, ca)
+                found = server_context(cert, min_version, auth, ca, ciphers, prefer)
             except (ssl.SSLError, ValueError, OSError) as exc:
                 reasons = pem.check_key_pair(cert.cert_pem, cert.key_pem) or [f"cannot load into OpenSSL ({exc})"]
                 errors.extend(f"certificate {cert.id}: {reason}" for reason in reasons)
@@ -206,7 +190,8 @@ def build_tls_table(
         if row.client_auth is not None and row.client_auth.ca_id not in cas:
             errors.append(f"TLS host {row.host!r}: client CA {row.client_auth.ca_id} is not in the snapshot")
             continue
-        ctx = context(certs.get(row.certificate_id or "", default_cert), row.min_version, row.client_auth)
+        ctx = context(certs.get(row.certificate_id or "", default_cert), row.min_version, row.client_auth,
+                      row.ciphers, row.prefer_server_ciphers)
         if ctx is not None:
             host_contexts[row.host] = ctx
     if errors or default_context is None:

@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from dataplane import openssl
 from dataplane.snapshot import TLSHost
 
 
@@ -20,6 +21,7 @@ class ClientCert:
     subject_dn: str
     issuer_dn: str
     pem: str
+    error: str = ""  # why it is not verified (OpenSSL's reason), "" when verified
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,12 @@ _DN_KEYS = {
 def client_cert_from_ssl(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> ClientCert | None:
     """The verified client certificate of a finished handshake (None when the client sent none).
 
-    ``getpeercert()`` returns details only for a certificate OpenSSL verified, so a certificate that
-    is present in binary form but has no details is reported as not verified.
+    With the standard verify callback a handshake only completes with a certificate OpenSSL
+    verified, and ``getpeercert()`` has details only then. A context that accepts any chain
+    (``optional_no_ca``, error pages) completes with untrusted certificates too, and ``getpeercert()``
+    parses those as well: there OpenSSL's own verify result decides, and anything but success (or a
+    result that cannot be read) is "not verified". Subject and issuer are filled either way (the
+    backend gets them with ``ssl-client-verify`` saying whether to believe them).
     """
     if ssl_object is None:
         return None
@@ -63,8 +69,12 @@ def client_cert_from_ssl(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Cl
     details = ssl_object.getpeercert()
     pem_text = ssl.DER_cert_to_PEM_cert(der)
     if not details:
-        return ClientCert(False, "", "", pem_text)
-    return ClientCert(True, _dn(details.get("subject")), _dn(details.get("issuer")), pem_text)
+        return ClientCert(False, "", "", pem_text, "certificate not verified")
+    subject, issuer = _dn(details.get("subject")), _dn(details.get("issuer"))
+    if isinstance(ssl_object.context, openssl.AcceptAnyPeerContext):
+        verified, error = openssl.peer_verify_result(ssl_object)
+        return ClientCert(verified, subject, issuer, pem_text, error)
+    return ClientCert(True, subject, issuer, pem_text)
 
 
 def complete_info(info: ConnectionInfo, transport: asyncio.BaseTransport) -> ConnectionInfo:

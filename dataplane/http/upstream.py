@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
-from dataplane import pem
+from dataplane import openssl, pem
 from dataplane.balancer import UpstreamPool
 from dataplane.http.parser import ChunkedDecoder, ParseError, ResponseHead, parse_response_head
 from dataplane.metrics import Metrics
@@ -61,6 +61,12 @@ def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certifica
     """A client context that verifies the backend by ``tls.server_name`` (SNI and check use the same name)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if tls.max_version == "1.2" else ssl.TLSVersion.TLSv1_3
+    if tls.ciphers:
+        ctx.set_ciphers(tls.ciphers)  # TLS 1.2 suites only; raises ssl.SSLError when none is selected
+    if tls.verify_depth and not openssl.set_verify_depth(ctx, tls.verify_depth):
+        log.warning("backend verify depth not set; OpenSSL's default (100) applies",
+                    extra={"verify_depth": tls.verify_depth})
     if tls.verify:
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -77,18 +83,22 @@ def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certifica
     return ctx
 
 
+_ContextKey = tuple[str | None, bool, str | None, str, str, str, int]
+
+
 class TLSContextCache:
-    """Contexts by (CA id, verify, client certificate id, minimum version); ids are content hashes,
-    so equal keys mean equal material and a context can be reused across snapshots."""
+    """Contexts by (CA id, verify, client certificate id, versions, ciphers, verify depth); ids are
+    content hashes, so equal keys mean equal material and a context can be reused across snapshots."""
 
     def __init__(self, previous: TLSContextCache | None = None) -> None:
         self._old = previous._contexts if previous is not None else {}
-        self._contexts: dict[tuple[str | None, bool, str | None, str], ssl.SSLContext] = {}
+        self._contexts: dict[_ContextKey, ssl.SSLContext] = {}
 
     def get(
         self, tls: UpstreamTLS, cas: Mapping[str, CABundle], certs: Mapping[str, Certificate]
     ) -> ssl.SSLContext:
-        key = (tls.ca_id, tls.verify, tls.client_cert_id, tls.min_version)
+        key = (tls.ca_id, tls.verify, tls.client_cert_id, tls.min_version, tls.max_version, tls.ciphers,
+               tls.verify_depth)
         ctx = self._contexts.get(key) or self._old.get(key)
         if ctx is None:
             ca = cas.get(tls.ca_id) if tls.ca_id is not None else None
