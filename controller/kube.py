@@ -56,24 +56,34 @@ def status_body(addresses: tuple[str, ...]) -> dict[str, Any]:
 
 
 class KubeWriter:
-    def __init__(self, core: client.CoreV1Api, networking: client.NetworkingV1Api) -> None:
+    """``timeout`` bounds every call (below the leader's renew deadline): a frozen apiserver fails
+    writes instead of letting a leader that has lost its Lease write late."""
+
+    def __init__(self, core: client.CoreV1Api, networking: client.NetworkingV1Api, timeout: float = 3.5) -> None:
         self.core = core
         self.networking = networking
+        self.timeout = timeout
 
     async def post_events(self, problems: list[Problem], uids: dict[ObjectRef, str]) -> None:
         now = dt.datetime.now(dt.UTC)
         for problem in problems:
             body = event_body(problem, uids.get(problem.obj, ""), now)
             try:
-                await asyncio.to_thread(self.core.create_namespaced_event, problem.obj.namespace or "default", body)
+                await asyncio.to_thread(self.core.create_namespaced_event, problem.obj.namespace or "default", body,
+                                        _request_timeout=self.timeout)
             except ApiException as exc:
                 log.warning("event not posted", extra={"object": str(problem.obj), "status": exc.status})
+            except Exception as exc:  # timeout or unreachable apiserver: the next reconcile tries again
+                log.warning("event not posted", extra={"object": str(problem.obj), "error": type(exc).__name__})
 
     async def write_status(self, ref: ObjectRef, addresses: tuple[str, ...]) -> bool:
         try:
             await asyncio.to_thread(self.networking.patch_namespaced_ingress_status, ref.name, ref.namespace,
-                                    status_body(addresses))
+                                    status_body(addresses), _request_timeout=self.timeout)
         except ApiException as exc:
             log.warning("status not written", extra={"object": str(ref), "status": exc.status})
+            return False
+        except Exception as exc:  # timeout or unreachable apiserver: retried on the next reconcile
+            log.warning("status not written", extra={"object": str(ref), "error": type(exc).__name__})
             return False
         return True

@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("leader-election", "true").lower() == "true")
     add("--lease-namespace", default=_env("lease-namespace", ""), help="default: the data-plane Service's namespace")
     add("--lease-name", default=_env("lease-name", "portcullis-controller"))
+    add("--lease-duration", type=float, default=float(_env("lease-duration", "10")), metavar="SECONDS",
+        help="a standby takes an unreleased Lease over after seeing it unchanged this long")
+    add("--renew-deadline", type=float, default=float(_env("renew-deadline", "7")), metavar="SECONDS",
+        help="the leader stops leading when no renewal succeeded this long (below --lease-duration); "
+             "every apiserver call times out after half of it")
+    add("--retry-period", type=float, default=float(_env("retry-period", "2")), metavar="SECONDS",
+        help="how often the leader renews and standbys try to acquire")
     add("--webhook-port", type=int, default=int(_env("webhook-port", "0")), help="0: admission webhook off")
     add("--webhook-cert-file", default=_env("webhook-cert-file", ""))
     add("--webhook-key-file", default=_env("webhook-key-file", ""))
@@ -89,6 +96,7 @@ class ControllerConfig:
     webhook_key_file: str
     health_port: int
     namespaces: tuple[str, ...]
+    api_timeout: float = 3.5  # every apiserver call, ours and kopf's: below the renew deadline
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ControllerConfig:
@@ -99,6 +107,10 @@ class ControllerConfig:
             with open(args.push_token_file, encoding="utf-8") as handle:
                 token = handle.read().strip()
         identity = f"{socket.gethostname()}-{os.getpid()}"
+        lease = LeaseConfig(args.lease_namespace or dataplane[0], args.lease_name, identity, args.lease_duration,
+                            args.renew_deadline, args.retry_period)
+        for problem in lease.problems():
+            raise SystemExit(f"portcullis controller: {problem}")
         return cls(
             loop=LoopConfig(
                 render=RenderConfig(args.ingress_class, args.controller_name, namespaces, args.default_certificate),
@@ -109,13 +121,13 @@ class ControllerConfig:
             ),
             push=PushConfig(port=args.dataplane_admin_port, token=token, ca_file=args.push_ca_file or None,
                             server_name=args.push_server_name),
-            lease=LeaseConfig(args.lease_namespace or dataplane[0], args.lease_name, identity)
-            if args.leader_election else None,
+            lease=lease if args.leader_election else None,
             webhook_port=args.webhook_port,
             webhook_cert_file=args.webhook_cert_file,
             webhook_key_file=args.webhook_key_file,
             health_port=args.health_port,
             namespaces=namespaces,
+            api_timeout=lease.request_timeout,
         )
 
 
@@ -172,6 +184,12 @@ def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: Contro
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.peering.standalone = True
+        # A frozen apiserver must fail calls, not hang them (watch streams have inactivity_timeout);
+        # listings come in pages so that a page fits in the timeout at scale.
+        settings.networking.request_timeout = config.api_timeout
+        settings.networking.connect_timeout = config.api_timeout
+        settings.watching.connect_timeout = config.api_timeout
+        settings.watching.chunk_size = 500
         for name in KINDS:
             inputs.indexes[name] = kwargs[INDEX_PREFIX + name]
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
@@ -218,9 +236,9 @@ async def serve(config: ControllerConfig, kubeconfig: str) -> int:
 
     _load_kube_config(kubeconfig)
     elector = LeaderElector(client.CoordinationV1Api(), config.lease) if config.lease else None
-    writer = KubeWriter(client.CoreV1Api(), client.NetworkingV1Api())
+    writer = KubeWriter(client.CoreV1Api(), client.NetworkingV1Api(), timeout=config.api_timeout)
     inputs = IndexedInputs()
-    async with Publisher(config.push) as publisher:
+    async with Publisher(config.push, (lambda: elector.is_leader) if elector else (lambda: True)) as publisher:
         reconciler = Reconciler(config.loop, inputs, publisher, writer,
                                 (lambda: elector.is_leader) if elector else (lambda: True))
         registry = build_registry(reconciler, inputs, config, elector)

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -55,6 +55,7 @@ class DataPlaneWorker:
         self.confirmed: str | None = None  # checksum the data plane reported last
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.leading: Callable[[], bool] = lambda: True  # the Publisher's: is this replica the leader now?
         host = f"[{address}]" if ":" in address else address
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://{host}:{config.port}/snapshot"
@@ -76,7 +77,7 @@ class DataPlaneWorker:
         backoff = 0.2
         while True:
             try:
-                await self._sync()
+                await (self._sync() if self.leading() else self._fill())
                 backoff = 0.2
                 delay = self.config.resync
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
@@ -87,6 +88,32 @@ class DataPlaneWorker:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
+
+    async def _fill(self) -> None:
+        """Not leading: push only to a data plane that holds no snapshot at all (one restarted while no
+        controller leads, say with the apiserver unreachable): an empty data plane is never better than a
+        slightly stale one. ``If-None-Match: *`` makes the data plane refuse (412) if anyone filled it first,
+        so a standby never overwrites what the leader pushed."""
+        desired = self.desired
+        if desired is None:
+            return
+        generation, checksum = await self._get()
+        self.confirmed = checksum
+        if checksum is not None:
+            return
+        snapshot = desired.with_generation(next_generation(generation, int(time.time() * 1000)))
+        body = await asyncio.to_thread(snapshot.to_json)
+        async with self.session.put(self.url, data=body, headers={
+                **self._headers(), "Content-Type": "application/json", "If-None-Match": "*"},
+                ssl=self._ssl(), server_hostname=self._server_name()) as response:
+            text = await response.text()
+            if response.status == 412:  # filled meanwhile, by the leader or another replica
+                return
+            if response.status != 200:
+                raise ValueError(f"PUT /snapshot (If-None-Match: *) answered {response.status}: {text[:500]}")
+        self.confirmed = desired.checksum
+        log.warning("filled an empty data plane while not leading", extra={
+            "dataplane": self.address, "generation": snapshot.generation, "checksum": desired.checksum})
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.token}"}
@@ -136,8 +163,11 @@ def push_ssl_context(config: PushConfig) -> ssl.SSLContext | None:
 class Publisher:
     """The set of workers follows the data-plane addresses; all of them want the latest snapshot."""
 
-    def __init__(self, config: PushConfig) -> None:
+    def __init__(self, config: PushConfig, is_leader: Callable[[], bool] = lambda: True) -> None:
+        """``is_leader`` is asked before every push: the leader pushes whatever differs, any other
+        replica only fills data planes that report no snapshot."""
         self.config = config
+        self.is_leader = is_leader
         self.ssl_context = push_ssl_context(config)
         self.workers: dict[str, DataPlaneWorker] = {}
         self.snapshot: Snapshot | None = None
@@ -163,6 +193,7 @@ class Publisher:
                               "set --push-ca-file", extra={"dataplane": address})
                     continue
                 worker = DataPlaneWorker(address, self.config, self._session, self.ssl_context)
+                worker.leading = self.is_leader
                 self.workers[address] = worker
                 worker.start()
         for address in list(self.workers):

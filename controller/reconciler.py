@@ -87,7 +87,10 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         if not self.is_leader():
-            self.publisher.update((), None)  # a standby holds no push workers
+            # A standby keeps its last rendered snapshot (if it ever led) for data planes that come up
+            # empty: the publisher asks is_leader before each push and, not leading, only fills those.
+            addresses = reporting.dataplane_addresses(self.inputs().endpoint_slices, self.config.dataplane_service)
+            self.publisher.update(addresses, None)
             return
         inputs = self.inputs()
         snapshot, problems = render(inputs, replace(self.config.render, now=utc_now()))

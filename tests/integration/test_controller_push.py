@@ -82,6 +82,45 @@ async def test_reconciler_debounces_a_burst_into_one_render_and_publishes(datapl
             task.cancel()
 
 
+async def test_a_replica_that_is_not_leading_fills_only_empty_data_planes(dataplane: DataPlane) -> None:
+    """Issue 11 item 3: with no leader (the apiserver unreachable), a restarted, empty data plane still gets the
+    snapshot a replica holds; a data plane that serves anything is never overwritten by a non-leader."""
+    _, snapshot = examples()
+    leading = False
+    config = PushConfig(port=dataplane.admin_port, token=TOKEN, resync=0.1)
+    async with Publisher(config, lambda: leading) as publisher:
+        publisher.update(["127.0.0.1"], snapshot)
+        await eventually(lambda: dataplane.checksum == snapshot.checksum)  # empty: filled
+
+        other = Snapshot(generation=dataplane.generation + 1).canonical()
+        assert dataplane.apply(other) == []
+        await asyncio.sleep(0.5)  # five resyncs: a non-leader must leave a data plane with a snapshot alone
+        assert dataplane.checksum == other.checksum
+
+        leading = True  # leadership regained: the leader repairs drift as usual
+        await eventually(lambda: dataplane.checksum == snapshot.checksum)
+
+
+async def test_losing_leadership_keeps_the_push_workers_and_the_snapshot(dataplane: DataPlane) -> None:
+    inputs = Inputs.from_objects([*load_paths(["deploy/examples"]), {
+        "kind": "EndpointSlice", "metadata": {"name": "dp", "namespace": "portcullis",
+                                              "labels": {"kubernetes.io/service-name": "dp-admin"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"]}], "ports": [{"name": "admin",
+                                                                                         "port": 9901}]}])[0]
+    leading = True
+    config = LoopConfig(render=RenderConfig(), dataplane_service=("portcullis", "dp-admin"), startup_grace=0.1)
+    async with Publisher(PushConfig(port=dataplane.admin_port, token=TOKEN, resync=0.1),
+                         lambda: leading) as publisher:
+        reconciler = Reconciler(config, lambda: inputs, publisher, None, lambda: leading)
+        await reconciler.reconcile()
+        held = publisher.snapshot
+        assert held is not None
+        await eventually(lambda: dataplane.checksum == held.checksum)
+        leading = False
+        await reconciler.reconcile()
+        assert list(publisher.workers) == ["127.0.0.1"] and publisher.snapshot is held
+
+
 def test_generations_only_grow() -> None:
     assert next_generation(5, 3) == 6
     assert next_generation(5, 10) == 10
