@@ -41,6 +41,7 @@ class DataPlaneConfig:
     admin_key_file: str | None = None
     admin_token: str | None = None
     https_redirect_port: int = 443
+    max_headers: int = 100  # HTTP: request header lines; 431 beyond
     clienthello_max_bytes: int = 65536
     clienthello_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -70,7 +71,8 @@ class DataPlane:
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = Tracker()
-        self._http_settings = HTTPSettings(https_redirect_port=config.https_redirect_port)
+        self._http_settings = HTTPSettings(https_redirect_port=config.https_redirect_port,
+                                           max_headers=config.max_headers)
         self._ready = False
         initial = self._build(Snapshot(), None, frozenset())
         if isinstance(initial, list):  # pragma: no cover - an empty snapshot always builds
