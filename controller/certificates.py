@@ -7,7 +7,11 @@ data plane refuse the whole snapshot later: one broken Secret must only cost its
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,64 +37,136 @@ class Checked:
     warnings: tuple[str, ...] = ()
 
 
-def serving_certificate(secret: Secret, now: int) -> Checked:
+T = TypeVar("T")
+
+
+class ParseCache:
+    """Parsed certificate material keyed by the SHA-256 of the PEM bytes it came from (bounded, LRU).
+
+    Parsing and checking a key pair is most of a render's time at thousands of Secrets, and a render
+    re-reads every Secret although one changed. What is cached is a pure function of the bytes (the
+    parsed certificate, or the parse error, and the expiry dates), never anything that depends on the
+    clock or the Secret's name, so a render with a cache returns exactly what it returns without one.
+    The caller owns the cache (the controller's reconciler holds one); nothing here is global.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, object] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, kind: str, parts: tuple[bytes, ...], parse: Callable[[], T]) -> T:
+        digest = hashlib.sha256(kind.encode())
+        for part in parts:  # length-prefixed: ("ab", "c") and ("a", "bc") must not collide
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        key = digest.digest()
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]  # type: ignore[return-value]
+        self.misses += 1
+        value = parse()
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+
+@dataclass(frozen=True)
+class _ParsedServing:
+    certificate: Certificate | None
+    error: str
+    not_after: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class _ParsedBundle:
+    bundle: CABundle | None
+    error: str
+    expiries: tuple[tuple[str, dt.datetime], ...]  # (subject, not_after) of each CA
+
+
+def _expiry_warnings(not_after: dt.datetime, now: int) -> list[str]:
+    if now and not_after.timestamp() < now:
+        return [f"certificate expired at {not_after.isoformat()}"]
+    if now and not_after.timestamp() < now + 14 * 86400:
+        return [f"certificate expires soon, at {not_after.isoformat()}"]
+    return []
+
+
+def serving_certificate(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
     """A ``kubernetes.io/tls`` Secret's chain and key, verified to match each other."""
     cert_bytes = secret.data.get(TLS_CERT)
     key_bytes = secret.data.get(TLS_KEY)
     if not cert_bytes or not key_bytes:
         missing = " and ".join(k for k, v in ((TLS_CERT, cert_bytes), (TLS_KEY, key_bytes)) if not v)
         return Checked(error=f"Secret {secret.ref.namespace}/{secret.ref.name} has no {missing}")
+    cert_pem, key_pem = cert_bytes, key_bytes
+    parsed = (cache.get("serving", (cert_pem, key_pem), lambda: _parse_serving(cert_pem, key_pem)) if cache is not None
+              else _parse_serving(cert_pem, key_pem))
+    if parsed.certificate is None or parsed.not_after is None:
+        return Checked(error=parsed.error)
+    return Checked(certificate=parsed.certificate, warnings=tuple(_expiry_warnings(parsed.not_after, now)))
+
+
+def _parse_serving(cert_bytes: bytes, key_bytes: bytes) -> _ParsedServing:
     try:
         chain = x509.load_pem_x509_certificates(cert_bytes)
     except ValueError as exc:
-        return Checked(error=f"{TLS_CERT} is not a PEM certificate chain ({exc})")
+        return _ParsedServing(None, f"{TLS_CERT} is not a PEM certificate chain ({exc})", None)
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except (ValueError, TypeError) as exc:
-        return Checked(error=f"{TLS_KEY} is not an unencrypted PEM private key ({exc})")
+        return _ParsedServing(None, f"{TLS_KEY} is not an unencrypted PEM private key ({exc})", None)
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
                             ed448.Ed448PrivateKey)):
-        return Checked(error=f"{TLS_KEY} has an unsupported key type")
+        return _ParsedServing(None, f"{TLS_KEY} has an unsupported key type", None)
     leaf = chain[0]
     if _public_der(key.public_key()) != _public_der(leaf.public_key()):
-        return Checked(error=f"{TLS_KEY} does not match the certificate in {TLS_CERT}")
-    not_after = int(leaf.not_valid_after_utc.timestamp())
-    warnings: list[str] = []
-    if now and not_after < now:
-        warnings.append(f"certificate expired at {leaf.not_valid_after_utc.isoformat()}")
-    elif now and not_after < now + 14 * 86400:
-        warnings.append(f"certificate expires soon, at {leaf.not_valid_after_utc.isoformat()}")
+        return _ParsedServing(None, f"{TLS_KEY} does not match the certificate in {TLS_CERT}", None)
     cert_pem = cert_bytes.decode()
     key_pem = key_bytes.decode()
     names = certificate_names(leaf)
-    return Checked(
-        certificate=Certificate(content_id(cert_pem, key_pem), cert_pem, key_pem, names, not_after),
-        warnings=tuple(warnings),
-    )
+    not_after = leaf.not_valid_after_utc
+    certificate = Certificate(content_id(cert_pem, key_pem), cert_pem, key_pem, names, int(not_after.timestamp()))
+    return _ParsedServing(certificate, "", not_after)
 
 
-def ca_bundle(secret: Secret, now: int) -> Checked:
+def ca_bundle(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
     """``ca.crt`` (one or more CA certificates) and optional ``ca.crl`` as trust anchors."""
     pem = secret.data.get(CA_CERT)
     if not pem:
         return Checked(error=f"Secret {secret.ref.namespace}/{secret.ref.name} has no {CA_CERT}")
+    crl = secret.data.get(CA_CRL, b"")
+    parsed = cache.get("ca", (pem, crl), lambda: _parse_bundle(pem, crl)) if cache is not None \
+        else _parse_bundle(pem, crl)
+    if parsed.bundle is None:
+        return Checked(error=parsed.error)
+    warnings = [f"CA {subject} expired at {not_after.isoformat()}"
+                for subject, not_after in parsed.expiries if now and not_after.timestamp() < now]
+    return Checked(bundle=parsed.bundle, warnings=tuple(warnings))
+
+
+def _parse_bundle(pem: bytes, crl: bytes) -> _ParsedBundle:
     try:
         cas = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
-        return Checked(error=f"{CA_CERT} is not PEM certificates ({exc})")
-    crl = secret.data.get(CA_CRL, b"")
+        return _ParsedBundle(None, f"{CA_CERT} is not PEM certificates ({exc})", ())
     if crl:
         try:
             x509.load_pem_x509_crl(crl)
         except ValueError as exc:
-            return Checked(error=f"{CA_CRL} is not a PEM CRL ({exc})")
-    warnings = [
-        f"CA {ca.subject.rfc4514_string()} expired at {ca.not_valid_after_utc.isoformat()}"
-        for ca in cas
-        if now and ca.not_valid_after_utc.timestamp() < now
-    ]
+            return _ParsedBundle(None, f"{CA_CRL} is not a PEM CRL ({exc})", ())
     text, crl_text = pem.decode(), crl.decode()
-    return Checked(bundle=CABundle(content_id(text, crl_text), text, crl_text), warnings=tuple(warnings))
+    expiries = tuple((ca.subject.rfc4514_string(), ca.not_valid_after_utc) for ca in cas)
+    return _ParsedBundle(CABundle(content_id(text, crl_text), text, crl_text), "", expiries)
 
 
 def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:

@@ -213,6 +213,8 @@ def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: Contro
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if reconciler.status is not None:
+            await reconciler.status.close()
         if elector is not None:
             await asyncio.to_thread(elector.release)
 
@@ -263,9 +265,26 @@ async def serve(config: ControllerConfig, kubeconfig: str) -> int:
     return 0
 
 
+class PerObjectAtDebug(logging.Filter):
+    """kopf logs every handler run on every object at INFO ("Handler 'dirty-secrets' succeeded."): 14,500
+    lines for one ``kubectl apply`` of 2,000 Ingresses, formatted and written on the event loop. Those are
+    debug detail; the reconciler logs one INFO line per render and the publisher one per push."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_per_object_logs() -> None:
+    logging.getLogger("kopf.objects").addFilter(PerObjectAtDebug())
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
+    quiet_per_object_logs()
     config = ControllerConfig.from_args(args)
     if args.kubeconfig:  # kopf's login re-reads the kubeconfig from the environment, not from our loader
         os.environ["KUBECONFIG"] = args.kubeconfig

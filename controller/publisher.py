@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import ssl
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from dataplane import push_body
 from dataplane.snapshot import Snapshot
 
 log = logging.getLogger("portcullis.publisher")
@@ -36,6 +38,8 @@ class PushConfig:
     resync: float = 1.0
     timeout: float = 10.0
     max_backoff: float = 5.0
+    compress: bool = True  # gzip push bodies (Content-Encoding); the data plane inflates them bounded
+    deltas: bool = True  # PATCH only what changed when the data plane serves the snapshot we pushed last
 
 
 def next_generation(previous: int, now_ms: int) -> int:
@@ -53,6 +57,8 @@ class DataPlaneWorker:
         self.ssl_context = ssl_context
         self.desired: Snapshot | None = None
         self.confirmed: str | None = None  # checksum the data plane reported last
+        self.acked: Snapshot | None = None  # the full snapshot this data plane accepted last (delta base)
+        self.pushed_bytes: list[int] = []  # body bytes of each push, for benchmarks (last 100)
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.leading: Callable[[], bool] = lambda: True  # the Publisher's: is this replica the leader now?
@@ -133,17 +139,49 @@ class DataPlaneWorker:
         generation, checksum = await self._get()
         self.confirmed = checksum
         if checksum == desired.checksum:
+            self.acked = desired  # same checksum, same content: a valid base for the next delta
             return
         snapshot = desired.with_generation(next_generation(generation, int(time.time() * 1000)))
-        async with self.session.put(self.url, data=snapshot.to_json(), headers={
-            **self._headers(), "Content-Type": "application/json"}, ssl=self._ssl(),
-                server_hostname=self._server_name()) as response:
-            text = await response.text()
-            if response.status != 200:
-                raise ValueError(f"PUT /snapshot answered {response.status}: {text[:500]}")
+        base = self.acked if self.config.deltas and self.acked is not None and self.acked.checksum == checksum \
+            else None
+        kind, size = "full", 0
+        if base is not None:
+            kind = "delta"
+            body = await asyncio.to_thread(self._encode, json.dumps(push_body.make_delta(base, snapshot),
+                                                                    separators=(",", ":")))
+            size = len(body)
+            status, text = await self._send("PATCH", body)
+            if status == 412:  # it no longer serves the base (restarted, or another push won): send it all
+                log.debug("delta refused, pushing the full snapshot", extra={"dataplane": self.address})
+                base = None
+            elif status != 200:
+                raise ValueError(f"PATCH /snapshot answered {status}: {text[:500]}")
+        if base is None:
+            kind = "full"
+            body = await asyncio.to_thread(lambda: self._encode(snapshot.to_json()))
+            size += len(body)
+            status, text = await self._send("PUT", body)
+            if status != 200:
+                raise ValueError(f"PUT /snapshot answered {status}: {text[:500]}")
         self.confirmed = desired.checksum
-        log.info("pushed", extra={"dataplane": self.address, "generation": snapshot.generation,
-                                  "checksum": desired.checksum})
+        self.acked = desired
+        self.pushed_bytes = [*self.pushed_bytes[-99:], size]
+        log.info("pushed %s (%d bytes) to %s: generation %d, checksum %s", kind, size, self.address,
+                 snapshot.generation, desired.checksum,
+                 extra={"dataplane": self.address, "generation": snapshot.generation, "checksum": desired.checksum,
+                        "push": kind, "bytes": size})
+
+    def _encode(self, text: str) -> bytes:
+        raw = text.encode()
+        return push_body.compress(raw, level=1) if self.config.compress else raw
+
+    async def _send(self, method: str, body: bytes) -> tuple[int, str]:
+        headers = {**self._headers(), "Content-Type": "application/json"}
+        if self.config.compress:
+            headers["Content-Encoding"] = "gzip"
+        async with self.session.request(method, self.url, data=body, headers=headers, ssl=self._ssl(),
+                                        server_hostname=self._server_name()) as response:
+            return response.status, await response.text()
 
     def _ssl(self) -> ssl.SSLContext | bool:
         return self.ssl_context if self.ssl_context is not None else False

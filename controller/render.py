@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from controller import annotations as ann
 from controller import classes, conformance
 from controller.backends import BackendIndex
-from controller.certificates import Checked, ca_bundle, covers, serving_certificate
+from controller.certificates import Checked, ParseCache, ca_bundle, covers, serving_certificate
 from controller.model import BackendRef, Ingress, Inputs, Secret
 from controller.problems import ObjectRef, Problem, Severity
 from dataplane.snapshot import (
@@ -158,18 +158,19 @@ def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
 
 
 class _Renderer:
-    def __init__(self, inputs: Inputs, config: RenderConfig) -> None:
+    def __init__(self, inputs: Inputs, config: RenderConfig, parsed: ParseCache | None = None) -> None:
         self.config = config
+        self.parsed = parsed
         self.secrets: Mapping[tuple[str, str], Secret] = {(s.ref.namespace, s.ref.name): s for s in inputs.secrets}
         self.backends = BackendIndex(inputs.services, inputs.endpoint_slices)
         self.problems = _Problems()
-        self._checked: dict[tuple[Callable[[Secret, int], Checked], ObjectRef], Checked] = {}
+        self._checked: dict[tuple[Callable[[Secret, int, ParseCache | None], Checked], ObjectRef], Checked] = {}
 
-    def _check(self, check: Callable[[Secret, int], Checked], secret: Secret) -> Checked:
+    def _check(self, check: Callable[[Secret, int, ParseCache | None], Checked], secret: Secret) -> Checked:
         """Parse each Secret once per render, however many Ingresses share it (wildcards, defaults)."""
         key = (check, secret.ref)
         if key not in self._checked:
-            self._checked[key] = check(secret, self.config.now)
+            self._checked[key] = check(secret, self.config.now, self.parsed)
         return self._checked[key]
 
     # secrets -------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ class _Renderer:
             self.problems.add(ref, "Error", "SecretNotFound", "", "default certificate Secret not found; "
                               "data planes serve their self-signed fallback certificate")
             return None
-        checked = serving_certificate(secret, self.config.now)
+        checked = serving_certificate(secret, self.config.now, self.parsed)
         for warning in checked.warnings:
             self.problems.add(ref, "Warning", "CertificateExpiring", "data", f"default certificate: {warning}")
         if checked.certificate is None:
@@ -698,9 +699,14 @@ class _Tables:
                            allow_underscore_headers=underscore)
 
 
-def render(inputs: Inputs, config: RenderConfig) -> tuple[Snapshot, list[Problem]]:
-    """The snapshot for these objects and every problem found on the way (canonical, generation 0)."""
-    renderer = _Renderer(inputs, config)
+def render(inputs: Inputs, config: RenderConfig, parsed: ParseCache | None = None) -> tuple[Snapshot, list[Problem]]:
+    """The snapshot for these objects and every problem found on the way (canonical, generation 0).
+
+    ``parsed`` is an optional cache of parsed certificate material owned by the caller (a long-lived
+    controller passes one so a render re-parses only Secrets whose bytes changed); the result is the
+    same with or without it.
+    """
+    renderer = _Renderer(inputs, config, parsed)
     ours = classes.select(inputs.ingresses, inputs.ingress_classes, config.ingress_class, config.controller_name,
                           config.watch_namespaces)
     tables = _Tables(renderer.problems)

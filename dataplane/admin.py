@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import json
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dataplane.gc_pause import parse_snapshot
-from dataplane.snapshot import SnapshotFormatError
+from dataplane import push_body
+from dataplane.gc_pause import gc_paused, parse_snapshot
+from dataplane.snapshot import Snapshot, SnapshotFormatError
 
 if TYPE_CHECKING:
     from dataplane.runtime import DataPlane, DataPlaneConfig
@@ -82,6 +84,7 @@ class AdminServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.admin_max_body)
         app.router.add_put("/snapshot", self.put_snapshot)
+        app.router.add_patch("/snapshot", self.patch_snapshot)
         app.router.add_get("/snapshot", self.get_snapshot)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/readyz", self.readyz)
@@ -91,7 +94,8 @@ class AdminServer:
     async def start(self) -> None:
         self.check_config()
         context = self.ssl_context()
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # auto_decompress off: push bodies are inflated by push_body.decode_body, bounded (a gzip bomb)
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.bind, self.config.admin_port, ssl_context=context, backlog=128)
         await site.start()
@@ -117,13 +121,45 @@ class AdminServer:
             return web.json_response({"errors": ["unauthorised"]}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
         try:
-            body = await request.read()
+            body = await self._body(request)
             snapshot = await asyncio.to_thread(parse_snapshot, body)  # megabytes at 10k hosts
+        except push_body.BodyError as exc:
+            return web.json_response({"errors": [str(exc)]}, status=exc.status)
         except SnapshotFormatError as exc:
             self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
             return web.json_response({"errors": [str(exc)]}, status=422)
-        except web.HTTPRequestEntityTooLarge:
-            return web.json_response({"errors": ["snapshot larger than the admin body limit"]}, status=413)
+        return await self._apply(snapshot)
+
+    async def patch_snapshot(self, request: web.Request) -> web.Response:
+        """A delta (``dataplane.push_body``): the snapshot minus certificate material this data plane holds."""
+        if not self._authorised(request):
+            log.warning("snapshot push refused: bad or missing token", extra={"peer": request.remote})
+            return web.json_response({"errors": ["unauthorised"]}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body = await self._body(request)
+            delta = await asyncio.to_thread(_parse_json, body)
+            applied = self.dataplane.snapshot if self.dataplane.ready else None
+            snapshot = await asyncio.to_thread(push_body.apply_delta, applied, self.dataplane.checksum, delta)
+        except push_body.BodyError as exc:
+            return web.json_response({"errors": [str(exc)]}, status=exc.status)
+        except push_body.BaseMismatch as exc:
+            return web.json_response({"errors": [str(exc)], **self._state()}, status=412)
+        except SnapshotFormatError as exc:
+            self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
+            return web.json_response({"errors": [str(exc)]}, status=422)
+        return await self._apply(snapshot)
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, inflated if it is compressed, never past the admin body limit."""
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise push_body.BodyError(413, "snapshot larger than the admin body limit") from exc
+        encoding = request.headers.get("Content-Encoding")
+        return await asyncio.to_thread(push_body.decode_body, raw, encoding, self.config.admin_max_body)
+
+    async def _apply(self, snapshot: Snapshot) -> web.Response:
         if self.dataplane.ready and snapshot.generation < self.dataplane.generation:
             self.dataplane.metrics.snapshot_applies.labels("stale").inc()
             return web.json_response(
@@ -151,3 +187,11 @@ class AdminServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.dataplane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _parse_json(body: bytes) -> object:
+    with gc_paused():
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"not JSON: {exc}") from exc
