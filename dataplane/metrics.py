@@ -38,6 +38,11 @@ class Metrics:
             p + "http_request_duration_seconds", "Time to the response head from the backend", ["host"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.http_timeouts = Counter(
+            p + "http_timeouts", "HTTP connections closed (or answered 408/504) by a timeout, by reason: "
+            "client_header, client_body, client_send, upgrade_idle, upstream_read, upstream_send", ["reason"],
+            registry=r,
+        )
         self.upstream_failures = Counter(
             p + "upstream_failures", "Upstream connect and TLS verification failures by pool",
             ["pool", "reason"], registry=r,

@@ -3,8 +3,10 @@
 ``DataPlane`` is the object both ``portcullis dataplane`` (behind the admin API) and
 ``portcullis local`` (in-process) drive. ``apply`` is synchronous and all-or-nothing: validate,
 build every table the snapshot needs, then swap one reference. Connections accepted afterwards
-route with the new state; connections already open keep the objects they were handed, so an
-apply never closes a connection.
+take the new TLS table; every HTTP request, on new and open connections alike, routes with the
+new HTTP table (the engine reads it through one shared ``TableRef``). An open connection keeps
+only its TLS session: when its SNI row changed, it is closed at the next request boundary
+(idle ones whose next request would be refused, right at the apply).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataplane import pem
 from dataplane.edge import AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
 from dataplane.gc_pause import gc_paused
 from dataplane.http.connection import HTTPProtocol
-from dataplane.http.table import HTTPSettings, HTTPTable, build_http_table
+from dataplane.http.table import HTTPSettings, HTTPTable, TableRef, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
@@ -47,6 +49,10 @@ class DataPlaneConfig:
     handshake_timeout: float = 10.0
     zero_copy: bool = True  # passthrough relays with splice(2) on Linux; False: through Python (asyncio Protocols)
     tunnel_idle_timeout: float = 3600.0  # passthrough: close tunnels silent this long (0: never)
+    client_send_timeout: float = 60.0  # HTTP: the client accepted none of our bytes this long -> close
+    client_body_timeout: float = 60.0  # HTTP: no request-body byte this long -> 408 / close
+    upgrade_idle_timeout: float = 3600.0  # HTTP: upgraded (WebSocket) connection silent both ways -> close
+    max_body_size: int = 1024 * 1024  # HTTP: request body limit of routes that set none (0: no limit)
     drain_timeout: float = 30.0
     reuse_port: bool = False
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
@@ -71,13 +77,22 @@ class DataPlane:
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = Tracker()
-        self._http_settings = HTTPSettings(https_redirect_port=config.https_redirect_port,
-                                           max_headers=config.max_headers)
+        self._http_settings = HTTPSettings(
+            https_redirect_port=config.https_redirect_port,
+            client_send_timeout=config.client_send_timeout,
+            client_body_timeout=config.client_body_timeout,
+            upgrade_idle_timeout=config.upgrade_idle_timeout,
+            max_body_size=config.max_body_size,
+            max_headers=config.max_headers,
+        )
+        # Every HTTP connection reads the current table through this one ref; _swap repoints it.
+        self._table_ref = TableRef(build_http_table(Snapshot(), None, self.metrics, self._http_settings))
         self._ready = False
         initial = self._build(Snapshot(), None, frozenset())
         if isinstance(initial, list):  # pragma: no cover - an empty snapshot always builds
             raise RuntimeError("cannot build the empty state: " + "; ".join(initial))
         self._applied = replace(initial, checksum=None)  # nothing applied yet: report no checksum
+        self._table_ref.table = initial.http_table
         settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout,
                                 config.zero_copy, tunnel_idle_timeout=config.tunnel_idle_timeout)
         self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
@@ -164,6 +179,8 @@ class DataPlane:
             log.warning("snapshot refused", extra={"generation": snapshot.generation, "errors": result[:20]})
             return result
         self._applied = result
+        self._table_ref.table = result.http_table
+        self._close_changed_idle()
         self._ready = True
         self.metrics.snapshot_generation.set(snapshot.generation)
         self.metrics.snapshot_applies.labels("applied").inc()
@@ -206,11 +223,19 @@ class DataPlane:
         return build_http_table(snapshot, previous, self.metrics, self._http_settings)
 
     def _app_factory(self, http_table: HTTPTable) -> AppFactory:
-        """The HTTP engine behind both listeners, bound to this snapshot's table."""
+        """The HTTP engine behind both listeners; it reads the current table through the shared ref."""
         if self._app_override is not None:
             return self._app_override
-        metrics = self.metrics
-        return lambda info: HTTPProtocol(http_table, info, metrics)
+        ref, metrics = self._table_ref, self.metrics
+        return lambda info: HTTPProtocol(ref, info, metrics)
+
+    def _close_changed_idle(self) -> None:
+        """Idle keep-alive connections whose SNI row changed close now rather than at their next request."""
+        for transport in list(self.tracker.transports):
+            get_protocol = getattr(transport, "get_protocol", None)
+            proto = get_protocol() if callable(get_protocol) and not transport.is_closing() else None
+            if isinstance(proto, HTTPProtocol):
+                proto.table_swapped()
 
     def _report_certificates(self, snapshot: Snapshot) -> None:
         gauge = self.metrics.certificate_not_after

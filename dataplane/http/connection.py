@@ -38,7 +38,18 @@ from dataplane.http.parser import (
     partial_head_error,
 )
 from dataplane.http.responses import REASONS, local_response
-from dataplane.http.table import NO_HOST_LABEL, HTTPTable, Local
+from dataplane.http.table import (
+    NO_HOST_LABEL,
+    TLS_CLOSE_AFTER,
+    TLS_REFUSE,
+    TLS_SAME,
+    HTTPTable,
+    Local,
+    TableRef,
+    client_auth_gate,
+    host_name,
+    tls_change,
+)
 from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
@@ -47,7 +58,10 @@ __all__ = ["ClientCert", "ConnectionInfo", "HTTPProtocol", "client_cert_from_ssl
 
 log = logging.getLogger(__name__)
 
-_IDLE, _REQUEST, _TUNNEL, _CLOSED = range(4)
+_IDLE, _REQUEST, _TUNNEL, _CLOSED, _LINGER = range(5)
+# After an error response to a request whose body was not read, input is read and dropped this long
+# before the close: closing with unread bytes sends a reset, which can destroy the response in flight.
+LINGER_SECONDS = 2.0
 _P_BUFFER, _P_UPSTREAM = 1, 2
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -60,9 +74,15 @@ class HTTPProtocol(asyncio.Protocol):
     on a transport that did its own TLS handshake the client certificate is read from it too.
     """
 
-    def __init__(self, table: HTTPTable, info: ConnectionInfo, metrics: Metrics) -> None:
-        self._table = table
-        self._settings = table.settings
+    def __init__(self, table: HTTPTable | TableRef, info: ConnectionInfo, metrics: Metrics) -> None:
+        # Route, pool and endpoint come from ``ref.table`` for each request: a snapshot applied while
+        # this connection is open reaches its next request. ``_table`` is the one the current request uses.
+        self._ref = table if isinstance(table, TableRef) else TableRef(table)
+        self._table = self._ref.table
+        self._checked: HTTPTable | None = None  # table the handshake's SNI row was last checked against
+        self._close_after = False  # the SNI row's certificate/protocols changed: close after this response
+        self._gate: Local | None = None  # client-certificate policy answer for every request, if any
+        self._settings = self._table.settings
         self._info = info
         self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,6 +117,12 @@ class HTTPProtocol(asyncio.Protocol):
         self._label = NO_HOST_LABEL
         self._hsts: bytes | None = None
         self._pending = b""  # response head not yet written
+        self._max_body = 0  # chunked request body limit of the current route (0: none)
+        self._body_seen = 0
+        self._last_in = 0.0  # last request-body (or tunnel) byte from the client
+        self._last_out = 0.0  # last tunnel byte to the client
+        self._stall_since = 0.0  # client write buffer last seen shrinking (while writes are paused)
+        self._stall_size = 0
 
     # --- asyncio callbacks: client side ---------------------------------------------------------
 
@@ -107,16 +133,22 @@ class HTTPProtocol(asyncio.Protocol):
         self._info = info = complete_info(self._info, transport)
         self._client_ip = info.client_addr[0]
         self._block = connection_block(info)
+        row = info.tls_host
+        if self._https and row is not None and row.client_auth is not None:
+            cert = info.client_cert
+            self._gate = client_auth_gate(row.client_auth, cert.verified if cert is not None else None,
+                                          cert.subject_dn if cert is not None else "", self._table.match_cn)
         self._enter_idle(self._settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         state = self._state
         if state == _TUNNEL:
+            self._last_in = self._now()
             if self._conn is not None:
                 self._conn.write(data)
             return
-        if state == _CLOSED:
-            return
+        if state >= _CLOSED:  # _CLOSED or _LINGER
+            return  # lingering: the rest of a refused body is read and dropped
         if state == _IDLE:
             if not self._buf:
                 self._deadline = self._now() + self._settings.header_timeout
@@ -124,6 +156,8 @@ class HTTPProtocol(asyncio.Protocol):
             self._process()
             return
         buf = self._buf
+        if not self._req_done:
+            self._last_in = self._now()
         if self._conn is not None and not self._req_done:
             if not buf and self._decoder is None and len(data) <= self._body_left:
                 self._body_left -= len(data)  # fast path: forward without copying
@@ -144,6 +178,9 @@ class HTTPProtocol(asyncio.Protocol):
         if self._state == _TUNNEL and up is not None and up.can_write_eof():
             up.write_eof()  # half-close through the tunnel
             return True
+        if self._state == _LINGER:
+            self._close()
+            return None
         if self._state == _REQUEST and self._req_done:
             # The client sent its whole request and then shut down its sending side: still answer it,
             # then close (asyncio ignores the True on TLS transports, which cannot half-close).
@@ -161,6 +198,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._client_write_paused = True
+        if self._transport is not None and self._loop is not None:
+            self._stall_since = now = self._loop.time()
+            self._stall_size = self._transport.get_write_buffer_size()
+            self._arm(now + self._settings.client_send_timeout)
         if self._conn is not None:
             self._conn.pause_reading()
 
@@ -210,21 +251,44 @@ class HTTPProtocol(asyncio.Protocol):
         self._state = _REQUEST
         self._req = req
         self._started = self._now()
-        decision = self._table.route(req, self._https, self._tls_row)
+        table = self._table = self._ref.table
+        if self._https:
+            if table is not self._checked and self._check_tls_row(table, req):
+                return
+            if self._gate is not None:
+                gate = self._gate
+                extra = ((b"Location", gate.location),) if gate.location is not None else ()
+                self._reply(gate.status, gate.message, close=req.has_body or not req.keep_alive or self._close_after,
+                            extra=extra)
+                return
+            if not req.host and self._info.sni:
+                # HTTP/1.0 without Host: the SNI is the only name the client gave; route (and forward) it.
+                req.host = self._info.sni.encode("latin-1", "replace")
+        decision = table.route(req, self._https, self._tls_row)
         if isinstance(decision, Local):
             self._label = decision.label
             extra = ((b"Location", decision.location),) if decision.location is not None else ()
-            self._reply(decision.status, decision.message, close=req.has_body or not req.keep_alive, extra=extra)
+            self._reply(decision.status, decision.message,
+                        close=req.has_body or not req.keep_alive or self._close_after, extra=extra)
             return
         vhost = decision.vhost
         self._label = vhost.label
         self._hsts = vhost.hsts if self._https else None
-        upstream = self._table.upstreams.get(decision.pool_id)
+        limit = decision.max_body
+        if limit and req.content_length > limit:  # refused before anything reaches the backend
+            self._reply(413, "request body too large", close=True)
+            return
+        upstream = table.upstreams.get(decision.pool_id)
         if upstream is None:
-            self._reply(503, "no ready endpoint", close=req.has_body or not req.keep_alive)
+            self._reply(503, "no ready endpoint", close=req.has_body or not req.keep_alive or self._close_after)
             return
         self._upstream = upstream
-        self._keep_alive = req.keep_alive
+        self._keep_alive = req.keep_alive and not self._close_after
+        self._max_body = limit if req.chunked else 0
+        self._body_seen = 0
+        if req.has_body:
+            self._last_in = self._started
+            self._arm(self._started + self._settings.client_body_timeout)
         self._body_left = req.content_length if req.content_length > 0 else 0
         self._decoder = ChunkedDecoder() if req.chunked else None
         self._req_done = not req.has_body
@@ -235,6 +299,48 @@ class HTTPProtocol(asyncio.Protocol):
         self._up_head = upstream_request_head(req, self._block, request_id(req.request_id),
                                               vhost.allow_underscore_headers, self._metrics)
         self._send(fresh=False)
+
+    def _check_tls_row(self, table: HTTPTable, req: RequestHead) -> bool:
+        """Compare the SNI row this connection shook hands with against ``table``; True: answered, do not forward.
+
+        The TLS session is the only thing a live connection keeps. If its client authentication,
+        mode or very existence changed, the request gets what a new connection would get (404 when
+        the host is gone, else 421) and the connection closes; if only the certificate, protocols or
+        ciphers changed, the request is served and the connection closed after it.
+        """
+        self._checked = table
+        info = self._info
+        handshake_row = info.tls_host
+        key = info.sni or (handshake_row.host if handshake_row is not None else None)
+        current = table.tls_row(key) if key else None
+        verdict = tls_change(handshake_row, current)
+        if verdict == TLS_SAME:
+            return False
+        if verdict == TLS_CLOSE_AFTER:
+            self._close_after = True
+            self._tls_row = current.host if current is not None else None
+            return False
+        host = host_name(req.host) if req.host else (key or "")
+        if table.vhost(host) is None:
+            self._reply(404, "no virtual host for this Host", close=True)
+        else:
+            self._reply(421, "the TLS settings of this host changed; reconnect", close=True)
+        return True
+
+    def table_swapped(self) -> None:
+        """A snapshot was applied: an idle keep-alive connection whose next request would be refused
+        (its SNI row's client auth, mode or existence changed) closes now. One whose certificate only
+        was rotated serves its next request (then closes): a close racing a request the client just
+        sent would fail it, and renewals are frequent."""
+        if self._state != _IDLE or self._buf or not self._https:
+            return
+        table = self._ref.table
+        if table is self._checked:
+            return
+        info = self._info
+        key = info.sni or (info.tls_host.host if info.tls_host is not None else None)
+        if tls_change(info.tls_host, table.tls_row(key) if key else None) == TLS_REFUSE:
+            self._close()
 
     # --- choosing and reaching an upstream ------------------------------------------------------
 
@@ -318,6 +424,11 @@ class HTTPProtocol(asyncio.Protocol):
                 self._body_error(exc)
                 return
             del buf[:used]
+            if self._max_body:
+                self._body_seen += sum(map(len, out))
+                if self._body_seen > self._max_body:
+                    self._body_error(ParseError(413, "request body too large"))
+                    return
             if out:
                 conn.write(chunk(b"".join(out)) if len(out) > 1 else chunk(out[0]))
             if decoder.done:
@@ -357,6 +468,8 @@ class HTTPProtocol(asyncio.Protocol):
             transport.write(client_response_head(resp, NO_BODY, True, req.version, self._hsts, upgrade))
             self._state = _TUNNEL
             self._resp_started = True
+            self._last_in = self._last_out = now = self._now()
+            self._arm(now + self._settings.upgrade_idle_timeout)
             self._table.count(self._label, status)
             conn = self._conn
             if conn is not None and self._buf:
@@ -436,6 +549,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def upstream_tunnel(self, data: bytes) -> None:
         if self._transport is not None:
+            self._last_out = self._now()
             self._transport.write(data)
 
     def upstream_pause_writing(self) -> None:
@@ -454,12 +568,12 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         req = self._req
-        close = req is None or not self._req_done or not req.keep_alive
+        close = req is None or not self._req_done or not req.keep_alive or self._close_after
         self._reply(status, message, close=close)
 
     def _reply(self, status: int, message: str, close: bool, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         transport = self._transport
-        if transport is None or self._state == _CLOSED:
+        if transport is None or self._state >= _CLOSED:
             return
         req = self._req if self._state == _REQUEST else None
         head_only = req is not None and req.method == b"HEAD"
@@ -467,7 +581,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._table.count(self._label if req is not None else NO_HOST_LABEL, status)
         if status >= 500:
             log.debug("proxy error", extra={"status": status, "reason": message, "host": self._label})
-        if close:
+        if close and req is not None and not self._req_done:
+            self._linger()
+        elif close:
             self._close()
         else:
             self._enter_idle(self._settings.keepalive_timeout)
@@ -478,16 +594,80 @@ class HTTPProtocol(asyncio.Protocol):
         self._upstream = None
         self._label = NO_HOST_LABEL
         self._deadline = self._now() + timeout
-        if self._timer is None and self._loop is not None:
-            self._timer = self._loop.call_later(timeout, self._on_timer)
+        self._arm(self._deadline)
+
+    # --- the connection's one timer: each wake-up checks the deadlines of the current state ---------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline`` (an earlier one re-checks and re-arms itself)."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        if self._loop is not None and self._state != _CLOSED:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._state != _IDLE or self._loop is None:
-            return  # re-armed when the connection becomes idle again
-        remaining = self._deadline - self._loop.time()
-        if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._on_timer)
+        loop = self._loop
+        state = self._state
+        if loop is None or state == _CLOSED:
+            return
+        now = loop.time()
+        settings = self._settings
+        next_at = float("inf")
+        if self._client_write_paused and self._transport is not None:
+            size = self._transport.get_write_buffer_size()
+            if size < self._stall_size:  # the client took some bytes since the last look
+                self._stall_size, self._stall_since = size, now
+            at = self._stall_since + settings.client_send_timeout
+            if at <= now:
+                self._timed_out("client_send")
+                return
+            next_at = at
+        if state == _LINGER:
+            if self._deadline <= now:
+                self._close()
+                return
+            next_at = min(next_at, self._deadline)
+        elif state == _IDLE:
+            if self._deadline <= now:
+                if self._buf:
+                    self._count_timeout("client_header")
+                self._close()
+                return
+            next_at = min(next_at, self._deadline)
+        elif state == _TUNNEL:
+            at = max(self._last_in, self._last_out) + settings.upgrade_idle_timeout
+            if at <= now:
+                self._timed_out("upgrade_idle")
+                return
+            next_at = min(next_at, at)
+        elif not self._req_done and not self._paused:  # paused: we stopped reading, not the client's fault
+            at = self._last_in + settings.client_body_timeout
+            if at <= now:
+                self._timed_out("client_body")
+                return
+            next_at = min(next_at, at)
+        if next_at != float("inf"):
+            self._timer = loop.call_at(next_at, self._on_timer)
+
+    def _count_timeout(self, reason: str) -> None:
+        self._table.metrics.http_timeouts.labels(reason).inc()
+
+    def _timed_out(self, reason: str) -> None:
+        self._count_timeout(reason)
+        log.debug("client timeout", extra={"reason": reason, "host": self._label})
+        if reason == "client_body" and not self._resp_started:
+            self._drop_upstream(abort=True)  # the backend holds a partial request
+            self._reply(408, "request body timed out", close=True)
+            return
+        self._drop_upstream(abort=True)
+        if reason == "client_send" and self._transport is not None:
+            self._state = _CLOSED
+            self._cancel_timer()
+            self._transport.abort()  # its write buffer will never drain: do not wait for it
             return
         self._close()
 
@@ -502,6 +682,22 @@ class HTTPProtocol(asyncio.Protocol):
                 conn.abort()
             else:
                 conn.close()
+
+    def _linger(self) -> None:
+        """Close after an error response while the client may still be sending the refused body:
+        half-close (plain TCP), read and drop its bytes until it closes or ``LINGER_SECONDS`` pass."""
+        self._drop_upstream(abort=True)
+        self._state = _LINGER
+        self._buf.clear()
+        transport = self._transport
+        assert transport is not None
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        self._deadline = self._now() + LINGER_SECONDS
+        self._arm(self._deadline)
 
     def _close(self) -> None:
         self._state = _CLOSED
@@ -526,6 +722,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._paused &= ~flag
         if not self._paused and self._transport is not None and self._state != _CLOSED:
             self._transport.resume_reading()
+            if self._state == _REQUEST and not self._req_done:  # the body clock restarts with reading
+                self._last_in = now = self._now()
+                self._arm(now + self._settings.client_body_timeout)
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0

@@ -64,15 +64,20 @@ def connection_block(info: ConnectionInfo) -> bytes:
     ]
     row = info.tls_host
     if info.scheme == "https" and row is not None and row.client_auth is not None and row.client_auth.forward_headers:
+        # As ingress-nginx: SUCCESS only for a certificate that verified against the CA, FAILED:<reason>
+        # for one that did not (optional_no_ca, error-page hosts), NONE without one. The details
+        # of an unverified certificate are passed too; the verify header says not to trust them.
         cert = info.client_cert
         if cert is None:
             lines.append(b"ssl-client-verify: NONE")
-        elif not cert.verified:
-            lines.append(b"ssl-client-verify: FAILED")
         else:
-            lines.append(b"ssl-client-verify: SUCCESS")
-            lines.append(b"ssl-client-subject-dn: " + _safe(cert.subject_dn))
-            lines.append(b"ssl-client-issuer-dn: " + _safe(cert.issuer_dn))
+            if cert.verified:
+                lines.append(b"ssl-client-verify: SUCCESS")
+            else:
+                lines.append(b"ssl-client-verify: FAILED:" + _safe(cert.error or "certificate not verified"))
+            if cert.subject_dn:
+                lines.append(b"ssl-client-subject-dn: " + _safe(cert.subject_dn))
+                lines.append(b"ssl-client-issuer-dn: " + _safe(cert.issuer_dn))
             lines.append(b"ssl-client-cert: " + urllib.parse.quote(cert.pem, safe="").encode())
     return CRLF.join(lines) + CRLF
 

@@ -9,6 +9,7 @@ forgets a dead endpoint nor throws away warm (TLS) connections.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from dataplane.balancer import UpstreamPool
 from dataplane.http.parser import RequestHead
 from dataplane.http.upstream import TLSContextCache, Upstream
 from dataplane.metrics import Metrics
-from dataplane.snapshot import Snapshot, TLSHost, VirtualHost, route_order
+from dataplane.snapshot import ClientAuth, Snapshot, TLSHost, VirtualHost, route_order
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,17 @@ class HTTPSettings:
     upstream_idle_timeout: float = 30.0  # idle keep-alive connection to a backend
     max_idle_per_endpoint: int = 64
     max_connect_attempts: int = 3  # endpoints tried for one request when connects fail
+    client_send_timeout: float = 60.0  # the client accepted none of the bytes waiting for it this long: close
+    client_body_timeout: float = 60.0  # no request-body byte this long: 408 (or close once a response started)
+    upgrade_idle_timeout: float = 3600.0  # upgraded (WebSocket) connection silent both ways this long: close
+    max_body_size: int = 1024 * 1024  # request body limit of routes that set none (-1); 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
     vhost: VHostEntry
     pool_id: str
+    max_body: int = 0  # request body bytes allowed (0: no limit); the route's value, default resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,12 @@ class VHostEntry:
         return None
 
 
-def _vhost_entry(vhost: VirtualHost) -> VHostEntry:
+def _body_limit(route_limit: int, settings: HTTPSettings) -> int:
+    """-1 -> the data plane's default; 0 -> no limit."""
+    return settings.max_body_size if route_limit < 0 else route_limit
+
+
+def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings) -> VHostEntry:
     label = vhost.host or "(default)"
     entry = VHostEntry(
         vhost.host, vhost.tls, vhost.insecure_policy, vhost.hsts.encode() if vhost.hsts else None, label,
@@ -86,12 +97,27 @@ def _vhost_entry(vhost: VirtualHost) -> VHostEntry:
     routes: list[tuple[str, bool, str, Forward]] = []
     for route in sorted(vhost.routes, key=route_order):
         trimmed = route.path.rstrip("/")
+        forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings))
         if route.path_type == "Exact":
-            routes.append((route.path, True, "", Forward(entry, route.pool_id)))
+            routes.append((route.path, True, "", forward))
         else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
-            routes.append((trimmed, False, trimmed + "/" if trimmed else "", Forward(entry, route.pool_id)))
+            routes.append((trimmed, False, trimmed + "/" if trimmed else "", forward))
     object.__setattr__(entry, "routes", tuple(routes))
     return entry
+
+
+def match_cn_patterns(tls_hosts: Mapping[str, TLSHost]) -> dict[str, re.Pattern[str] | None]:
+    """Every ``ClientAuth.match_cn`` compiled once per snapshot (None: does not compile -> matches nothing)."""
+    patterns: dict[str, re.Pattern[str] | None] = {}
+    for row in tls_hosts.values():
+        regex = row.client_auth.match_cn if row.client_auth is not None else ""
+        if regex and regex not in patterns:
+            try:
+                patterns[regex] = re.compile(regex)
+            except re.error as exc:  # validate() refuses these; fail closed if one slips through
+                log.warning("TLS host %s: match_cn does not compile: %s", row.host, exc)
+                patterns[regex] = None
+    return patterns
 
 
 def host_name(host: bytes) -> str:
@@ -123,6 +149,7 @@ class HTTPTable:
         self._default = self._exact.pop("", None)
         self._tls_exact = {h: r for h, r in tls_hosts.items() if not h.startswith("*.")}
         self._tls_wildcard = {h[2:]: r for h, r in tls_hosts.items() if h.startswith("*.")}
+        self.match_cn = match_cn_patterns(tls_hosts)
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
         self._port_suffix = b"" if settings.https_redirect_port == 443 else b":%d" % settings.https_redirect_port
@@ -220,6 +247,74 @@ def build_http_table(
         upstreams[spec.id] = Upstream(spec, balancer, ctx, error, settings, metrics, carry)
         pools[spec.id] = balancer
     metrics.insecure_upstreams.set(insecure)
-    vhosts = {v.host: _vhost_entry(v) for v in snapshot.virtual_hosts}
+    vhosts = {v.host: _vhost_entry(v, settings) for v in snapshot.virtual_hosts}
     tls_hosts = {h.host: h for h in snapshot.tls_hosts}
     return HTTPTable(settings, metrics, vhosts, tls_hosts, pools, upstreams, contexts, snapshot.generation)
+
+
+class TableRef:
+    """The current ``HTTPTable``, shared by every live connection and swapped by the runtime at apply.
+
+    Connections read ``ref.table`` once per request (an attribute read), so the next request on
+    any open connection routes with the newest snapshot.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: HTTPTable) -> None:
+        self.table = table
+
+
+# What a request on a TLS connection may do when the SNI row it shook hands with changed since.
+TLS_SAME, TLS_CLOSE_AFTER, TLS_REFUSE = range(3)
+
+
+def tls_change(handshake_row: TLSHost | None, current_row: TLSHost | None) -> int:
+    """Compare the SNI row a connection's handshake used with the row a new connection would get now.
+
+    Client authentication, the mode or the row's existence changed: the session's guarantees no
+    longer hold (refuse). Only certificate, protocol versions or ciphers changed: the session is
+    still what the client authenticated, so the request is served and the connection closed after.
+    """
+    if handshake_row is current_row:
+        return TLS_SAME
+    if handshake_row is None or current_row is None or current_row.mode != handshake_row.mode:
+        return TLS_REFUSE
+    if current_row.client_auth != handshake_row.client_auth:
+        return TLS_REFUSE
+    if (current_row.host, current_row.certificate_id, current_row.min_version, current_row.ciphers,
+            current_row.prefer_server_ciphers) != (handshake_row.host, handshake_row.certificate_id,
+                                                   handshake_row.min_version, handshake_row.ciphers,
+                                                   handshake_row.prefer_server_ciphers):
+        return TLS_CLOSE_AFTER
+    return TLS_SAME
+
+
+def client_auth_gate(auth: ClientAuth | None, verified: bool | None, subject_dn: str,
+                     patterns: Mapping[str, re.Pattern[str] | None]) -> Local | None:
+    """The answer a request gets instead of being forwarded because of its client certificate, if any.
+
+    ``verified``: None when no certificate was sent. Mirrors ingress-nginx: a required certificate
+    that is missing (496) or a certificate that failed verification (495) goes to ``error_page``
+    when one is set; ``match_cn`` is searched in the verified subject DN, no match -> 403 (or the
+    error page). ``optional_no_ca`` never verifies against the CA, so only ``match_cn`` applies.
+    """
+    if auth is None:
+        return None
+    error_page = auth.error_page.encode("latin-1", "replace") if auth.error_page else None
+    if auth.mode != "optional_no_ca":
+        missing = verified is None and auth.mode == "required"
+        if missing or verified is False:
+            if error_page is not None:
+                return Local(302, "client certificate required", error_page)
+            return Local(403 if verified is False else 400,
+                         "client certificate did not verify" if verified is False
+                         else "no required client certificate was sent")
+    if auth.match_cn:
+        pattern = patterns.get(auth.match_cn)
+        if not verified or pattern is None or pattern.search(subject_dn) is None:
+            if error_page is not None:
+                return Local(302, "client certificate not authorized", error_page)
+            return Local(403, "client certificate not authorized")
+    return None
+

@@ -259,6 +259,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._read_paused = False
+        self._write_paused = False  # the backend is not taking our request bytes fast enough
+        self._stall_since = 0.0  # write buffer last seen shrinking while paused
+        self._stall_size = 0
 
     # --- asyncio callbacks ---
 
@@ -377,10 +380,16 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_lost(502, "closed", "upstream closed the connection before the response was complete")
 
     def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.transport is not None:
+            self._stall_since = now = self.loop.time()
+            self._stall_size = self.transport.get_write_buffer_size()
+            self._arm(now + self.upstream.spec.send_timeout)
         if self.sink is not None:
             self.sink.upstream_pause_writing()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self.sink is not None:
             self.sink.upstream_resume_writing()
 
@@ -463,14 +472,41 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _arm(self, deadline: float) -> None:
+        """One timer per connection: make sure it fires by ``deadline``."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
     def _on_timer(self) -> None:
         self._timer = None
-        if self.sink is None or self.state not in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF):
+        state = self.state
+        if self.sink is None or state not in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF, _TUNNEL):
             return
-        timeout = self.upstream.spec.read_timeout
-        elapsed = self.loop.time() - self._last_read
-        if self._read_paused or elapsed < timeout:
-            # Reading is on hold for a slow client, or data arrived since: not the backend's fault.
-            self._timer = self.loop.call_later(timeout - elapsed if elapsed < timeout else timeout, self._on_timer)
-            return
-        self._fail(504, "read_timeout", "upstream read timed out")
+        now = self.loop.time()
+        next_at = float("inf")
+        if self._write_paused and self.transport is not None:
+            size = self.transport.get_write_buffer_size()
+            if size < self._stall_size:  # the backend took some bytes since the last look
+                self._stall_size, self._stall_since = size, now
+            at = self._stall_since + self.upstream.spec.send_timeout
+            if at <= now:
+                self.upstream.metrics.http_timeouts.labels("upstream_send").inc()
+                self._fail(504, "send_timeout", "upstream did not accept the request in time")
+                return
+            next_at = at
+        if state != _TUNNEL:  # an upgraded connection's silence is the client side's upgrade idle timeout
+            timeout = self.upstream.spec.read_timeout
+            elapsed = now - self._last_read
+            if self._read_paused or elapsed < timeout:
+                # Reading is on hold for a slow client, or data arrived since: not the backend's fault.
+                next_at = min(next_at, now + (timeout - elapsed if elapsed < timeout else timeout))
+            else:
+                self.upstream.metrics.http_timeouts.labels("upstream_read").inc()
+                self._fail(504, "read_timeout", "upstream read timed out")
+                return
+        if next_at != float("inf"):
+            self._timer = self.loop.call_at(next_at, self._on_timer)

@@ -191,9 +191,12 @@ async def test_rotation_keeps_a_keepalive_connection_and_new_handshakes_get_the_
     assert common_name(await server_certificate(dataplane.https_port, "app.example.com")) == "first"
     assert dataplane.apply(http_snapshot(ca, backend_ca, plain.port, secure.port, 2, cert_cn="second")) == []
     assert common_name(await server_certificate(dataplane.https_port, "app.example.com")) == "second"
-    status, _, echo, (_, writer) = await request(dataplane.https_port, "app.example.com", ctx, "/again",
-                                                 connection=connection)
+    status, headers, echo, (reader, writer) = await request(dataplane.https_port, "app.example.com", ctx, "/again",
+                                                            connection=connection)
     assert status == 200 and echo["path"] == "/again"
+    # the session was made with the old certificate: served, then closed so the client shakes hands anew
+    assert headers.get("connection") == "close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
 
 

@@ -78,7 +78,7 @@ async def test_forwarding_headers_set_and_spoofs_stripped() -> None:
 
 async def test_request_bodies_streamed_content_length_and_chunked() -> None:
     backend = await start_echo()
-    async with proxy(await simple_snapshot(backend)) as px:
+    async with proxy(await simple_snapshot(backend), settings=HTTPSettings(max_body_size=0)) as px:  # no limit
         client = await Client.open(px.port)
         body = _pattern(5 * 1024 * 1024 + 17)
         await client.send(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -146,7 +146,7 @@ async def test_flow_control_bounds_buffers() -> None:
         await writer.drain()
 
     backend = await start_raw(script)
-    settings = HTTPSettings(max_body_buffer=128 * 1024)
+    settings = HTTPSettings(max_body_buffer=128 * 1024, max_body_size=0)
     protocols: list[object] = []
     async with proxy(await simple_snapshot(backend), settings=settings, on_protocol=protocols.append) as px:
         client = await Client.open(px.port)

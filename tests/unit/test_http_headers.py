@@ -114,7 +114,11 @@ def test_client_cert_headers_forwarded() -> None:
     [
         (ConnectionInfo("https", ("1.2.3.4", 1), 443, "m.test", ROW, None), ["ssl-client-verify: NONE"]),
         (ConnectionInfo("https", ("1.2.3.4", 1), 443, "m.test", ROW, ClientCert(False, "", "", "x")),
-         ["ssl-client-verify: FAILED"]),
+         ["ssl-client-verify: FAILED:certificate not verified", "ssl-client-cert: x"]),
+        (ConnectionInfo("https", ("1.2.3.4", 1), 443, "m.test", ROW,
+                        ClientCert(False, "CN=a", "CN=b", "x", "unable to get local issuer certificate")),
+         ["ssl-client-verify: FAILED:unable to get local issuer certificate", "ssl-client-subject-dn: CN=a",
+          "ssl-client-issuer-dn: CN=b", "ssl-client-cert: x"]),  # optional_no_ca: never SUCCESS unverified
         (ConnectionInfo("https", ("1.2.3.4", 1), 443, "m.test", TLSHost("m.test", "terminate"),
                         ClientCert(True, "CN=a", "CN=b", "x")), []),  # forwarding off: stripped only
         (ConnectionInfo("http", ("1.2.3.4", 1), 80), []),
