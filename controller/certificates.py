@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cryptography import x509
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from controller.model import Secret
+from dataplane import pem as pem_blocks
 from dataplane.snapshot import CABundle, Certificate, content_id
 
 TLS_CERT = "tls.crt"
@@ -35,6 +36,7 @@ class Checked:
     bundle: CABundle | None = None
     error: str = ""
     warnings: tuple[str, ...] = ()
+    stripped: tuple[str, ...] = ()  # PEM blocks removed from tls.crt / ca.crt (private keys): Warning
 
 
 T = TypeVar("T")
@@ -101,7 +103,39 @@ def _expiry_warnings(not_after: dt.datetime, now: int) -> list[str]:
     return []
 
 
+def public_blocks(secret: Secret) -> tuple[Secret, tuple[str, ...]]:
+    """The Secret with only CERTIFICATE blocks in ``tls.crt`` (and CERTIFICATE / X509 CRL in ``ca.crt``),
+    and a message per key for what was removed.
+
+    A "fullchain + key" bundle in ``tls.crt`` (or a key pasted into ``ca.crt``) would otherwise reach
+    the snapshot as certificate text, which ``portcullis render``, logs and the snapshot's readers
+    treat as public. Only ``tls.key`` may hold a private key, and it is always redacted.
+    """
+    data = dict(secret.data)
+    messages: list[str] = []
+    for key, labels in ((TLS_CERT, pem_blocks.CERTIFICATE_LABELS), (CA_CERT, pem_blocks.CA_LABELS)):
+        raw = data.get(key)
+        if not raw:
+            continue
+        kept, dropped = pem_blocks.keep_blocks(raw, labels)
+        if dropped:
+            data[key] = kept
+            what = ", ".join(sorted(set(dropped)))
+            messages.append(f"Secret {secret.ref.namespace}/{secret.ref.name} key {key} holds {what} PEM "
+                            f"block(s); removed, only {' and '.join(labels)} blocks are used from {key}"
+                            + (" (a private key belongs in tls.key)" if "PRIVATE KEY" in what else ""))
+    if not messages:
+        return secret, ()
+    return replace(secret, data=data), tuple(messages)
+
+
 def serving_certificate(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
+    """``_serving_certificate`` of the Secret's public blocks, saying what was removed."""
+    secret, stripped = public_blocks(secret)
+    return replace(_serving_certificate(secret, now, cache), stripped=stripped)
+
+
+def _serving_certificate(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
     """A ``kubernetes.io/tls`` Secret's chain and key, verified to match each other."""
     cert_bytes = secret.data.get(TLS_CERT)
     key_bytes = secret.data.get(TLS_KEY)
@@ -140,6 +174,12 @@ def _parse_serving(cert_bytes: bytes, key_bytes: bytes) -> _ParsedServing:
 
 
 def ca_bundle(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
+    """``_ca_bundle`` of the Secret's public blocks, saying what was removed."""
+    secret, stripped = public_blocks(secret)
+    return replace(_ca_bundle(secret, now, cache), stripped=stripped)
+
+
+def _ca_bundle(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:
     """``ca.crt`` (one or more CA certificates) and optional ``ca.crl`` as trust anchors."""
     pem = secret.data.get(CA_CERT)
     if not pem:

@@ -188,6 +188,8 @@ class _Renderer:
         if secret is None:
             return None
         checked = self._check(ca_bundle, secret)
+        for message in checked.stripped:
+            self.problems.add(plan.ingress.ref, "Warning", "SecretBlocksRemoved", where, message)
         for warning in checked.warnings:
             self.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where, f"{what}: {warning}")
         if checked.bundle is None:
@@ -201,6 +203,8 @@ class _Renderer:
         if secret is None:
             return None
         checked = self._check(serving_certificate, secret)
+        for message in checked.stripped:
+            self.problems.add(plan.ingress.ref, "Warning", "SecretBlocksRemoved", where, message)
         for warning in checked.warnings:
             self.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where,
                               f"Secret {secret.ref.namespace}/{name}: {warning}")
@@ -222,6 +226,8 @@ class _Renderer:
                               "data planes serve their self-signed fallback certificate")
             return None
         checked = serving_certificate(secret, self.config.now, self.parsed)
+        for message in checked.stripped:
+            self.problems.add(ref, "Warning", "SecretBlocksRemoved", "data", message)
         for warning in checked.warnings:
             self.problems.add(ref, "Warning", "CertificateExpiring", "data", f"default certificate: {warning}")
         if checked.certificate is None:
@@ -516,7 +522,6 @@ class _Renderer:
             return None
         return route
 
-
     def _route(self, plan: _Plan, path: str, path_type: str, backend: BackendRef | None, where: str) -> Route | None:
         ing = plan.ingress
         if path_type not in ("Exact", "Prefix", "ImplementationSpecific"):
@@ -644,7 +649,6 @@ class _Tables:
                 table[("/", "Prefix")] = route
                 taken[host] = ing
                 self.pools[pool.id] = pool
-
 
     def snapshot(self, default_cert: Certificate | None) -> Snapshot:
         self.apply_fallbacks()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Iterator
 
@@ -69,3 +70,27 @@ def check_ca_bundle(ca_pem: str, crl_pem: str = "") -> list[str]:
     except ssl.SSLError as exc:
         return [f"CA bundle does not parse ({exc.reason or exc})"]
     return []
+
+
+# A whole PEM block whose body is only base64 (so no other block can hide inside one that is kept).
+_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----\r?\n([A-Za-z0-9+/=\s]*?)-----END \1-----", re.ASCII)
+_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----", re.ASCII)
+CERTIFICATE_LABELS = ("CERTIFICATE",)
+CA_LABELS = ("CERTIFICATE", "X509 CRL")
+
+
+def keep_blocks(data: bytes, labels: tuple[str, ...]) -> tuple[bytes, tuple[str, ...]]:
+    """Only the PEM blocks labelled ``labels`` (in their order, newline-terminated), and the labels of
+    every other block seen, in order (the caller warns about them; a "fullchain + key" bundle names
+    ``PRIVATE KEY`` here). Text between blocks is dropped; a block whose body is not base64, or that
+    never ends, is dropped and reported by its BEGIN label."""
+    kept: list[bytes] = []
+    spans: list[tuple[int, int]] = []
+    for match in _BLOCK.finditer(data):
+        spans.append(match.span())
+        if match.group(1).decode() in labels:
+            kept.append(match.group(0) + b"\n")
+    dropped = [m.group(1).decode() for m in _BEGIN.finditer(data)
+               if not any(start <= m.start() < end for start, end in spans)
+               or m.group(1).decode() not in labels]
+    return b"".join(kept), tuple(dropped)
