@@ -76,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request header lines allowed per request (431 beyond)")
     add("--workers", type=int, default=_default("workers", 1, int),
         help="worker processes per pod (only 1 in this version)")
+    add("--client-send-timeout", type=float, default=_default("client-send-timeout", 60.0, float),
+        help="seconds a client may accept none of the response bytes waiting for it before both sides close")
+    add("--client-body-timeout", type=float, default=_default("client-body-timeout", 60.0, float),
+        help="seconds between request-body bytes before 408 (or a close once the response started)")
+    add("--upgrade-idle-timeout", type=float, default=_default("upgrade-idle-timeout", 3600.0, float),
+        help="seconds an upgraded (WebSocket) connection may stay silent both ways before it is closed")
+    add("--max-body-size", type=int, default=_default("max-body-size", 1024 * 1024, int),
+        help="request body bytes allowed on routes that set no limit (413 beyond; 0: no limit)")
     add("--tunnel-idle-timeout", type=float, default=_default("tunnel-idle-timeout", 3600.0, float),
         help="seconds a passthrough tunnel may stay silent before it is closed (0: never)")
     add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
@@ -107,6 +115,11 @@ def read_token(path: str | None) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
+    for flag in ("client_send_timeout", "client_body_timeout", "upgrade_idle_timeout"):
+        if not getattr(args, flag) > 0:  # also refuses NaN
+            raise SystemExit(f"--{flag.replace('_', '-')} must be a positive number of seconds")
+    if args.max_body_size < 0:
+        raise SystemExit("--max-body-size must be 0 (no limit) or a positive number of bytes")
     return DataPlaneConfig(
         bind=args.bind,
         https_port=args.https_port,
@@ -120,6 +133,10 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         max_headers=args.max_headers,
         drain_timeout=args.drain_timeout,
         tunnel_idle_timeout=args.tunnel_idle_timeout,
+        client_send_timeout=args.client_send_timeout,
+        client_body_timeout=args.client_body_timeout,
+        upgrade_idle_timeout=args.upgrade_idle_timeout,
+        max_body_size=args.max_body_size,
     )
 
 

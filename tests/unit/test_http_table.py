@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dataplane.http.parser import parse_request_head
-from dataplane.http.table import Forward, HTTPSettings, Local, build_http_table, host_name
+from dataplane.http.table import (
+    TLS_CLOSE_AFTER,
+    TLS_REFUSE,
+    TLS_SAME,
+    Forward,
+    HTTPSettings,
+    Local,
+    build_http_table,
+    client_auth_gate,
+    host_name,
+    match_cn_patterns,
+    tls_change,
+)
 from dataplane.metrics import Metrics
-from dataplane.snapshot import Endpoint, Pool, Route, Snapshot, TLSHost, UpstreamTLS, VirtualHost
+from dataplane.snapshot import ClientAuth, Endpoint, Pool, Route, Snapshot, TLSHost, UpstreamTLS, VirtualHost
 
 EP = Endpoint("127.0.0.1", 9)
 
@@ -196,3 +210,79 @@ def test_tls_contexts_shared_and_insecure_counted() -> None:
     assert again.upstreams["a"].ssl_context is not table.upstreams["a"].ssl_context  # no previous, no cache
     carried = build_http_table(s, table, metrics, HTTPSettings())
     assert carried.upstreams["a"].ssl_context is table.upstreams["a"].ssl_context
+
+
+# --- connection-lifetime decisions (pure) ---------------------------------------------------------
+
+_ROW = TLSHost("m.test", "terminate", "cert-a")
+
+
+@pytest.mark.parametrize(
+    ("current", "verdict"),
+    [
+        (_ROW, TLS_SAME),
+        (replace(_ROW, source="ns/other"), TLS_SAME),
+        (replace(_ROW, certificate_id="cert-b"), TLS_CLOSE_AFTER),
+        (replace(_ROW, min_version="1.3"), TLS_CLOSE_AFTER),
+        (replace(_ROW, ciphers="ECDHE-RSA-AES128-GCM-SHA256"), TLS_CLOSE_AFTER),
+        (replace(_ROW, prefer_server_ciphers=False), TLS_CLOSE_AFTER),
+        (replace(_ROW, host="*.test"), TLS_CLOSE_AFTER),  # a wildcard row now answers: new certificate
+        (replace(_ROW, client_auth=ClientAuth("ca")), TLS_REFUSE),
+        (replace(_ROW, mode="passthrough", pool_id="p"), TLS_REFUSE),
+        (None, TLS_REFUSE),
+    ],
+)
+def test_tls_change(current: TLSHost | None, verdict: int) -> None:
+    assert tls_change(_ROW, current) == verdict
+
+
+def test_tls_change_without_handshake_row() -> None:
+    assert tls_change(None, None) == TLS_SAME
+    assert tls_change(None, _ROW) == TLS_REFUSE  # a row (maybe with client auth) appeared for this name
+
+
+_PAGE = "https://login.test/cert"
+
+
+@pytest.mark.parametrize(
+    ("auth", "verified", "dn", "expected"),
+    [
+        (None, None, "", None),
+        (ClientAuth("ca"), True, "CN=a", None),
+        (ClientAuth("ca"), None, "", 400),
+        (ClientAuth("ca", error_page=_PAGE), None, "", 302),
+        (ClientAuth("ca", error_page=_PAGE), False, "CN=a", 302),
+        (ClientAuth("ca", "optional"), None, "", None),
+        (ClientAuth("ca", "optional"), False, "CN=a", 403),
+        (ClientAuth("ca", "optional", error_page=_PAGE), None, "", None),  # optional: none is fine
+        (ClientAuth("ca", match_cn="CN=alice"), True, "CN=alice,O=Org", None),
+        (ClientAuth("ca", match_cn="^CN=alice$"), True, "CN=alice,O=Org", 403),
+        (ClientAuth("ca", match_cn="CN=alice", error_page=_PAGE), True, "CN=bob", 302),
+        (ClientAuth("ca", "optional", match_cn="CN=alice"), None, "", 403),
+        (ClientAuth("ca", "optional_no_ca"), False, "CN=alice", None),
+        (ClientAuth("ca", "optional_no_ca", match_cn="CN=alice"), False, "CN=alice", 403),  # never unverified
+        (ClientAuth("ca", "optional_no_ca", match_cn="CN=alice"), True, "CN=alice", None),
+        (ClientAuth("ca", match_cn="("), True, "CN=(", 403),  # does not compile: fails closed
+    ],
+)
+def test_client_auth_gate(auth: ClientAuth | None, verified: bool | None, dn: str, expected: int | None) -> None:
+    rows = {"m.test": replace(_ROW, client_auth=auth)} if auth is not None else {}
+    gate = client_auth_gate(auth, verified, dn, match_cn_patterns(rows))
+    assert (gate.status if gate is not None else None) == expected
+    if gate is not None and gate.status == 302:
+        assert gate.location == _PAGE.encode()
+
+
+def test_body_limit_resolved_at_build() -> None:
+    s = Snapshot(pools=(Pool("p", (EP,)),), virtual_hosts=(VirtualHost("b.test", (
+        Route("/default", "Prefix", "p"), Route("/none", "Prefix", "p", max_body_size=0),
+        Route("/small", "Prefix", "p", max_body_size=10),
+    )),)).canonical()
+    table = build_http_table(s, None, Metrics(), HTTPSettings(max_body_size=1000))
+    limits = {}
+    for path in ("/default", "/none", "/small"):
+        decision = table.route(parse_request_head(f"GET {path} HTTP/1.1\r\nHost: b.test".encode(), 8192, 32768),
+                               False, None)
+        assert isinstance(decision, Forward)
+        limits[path] = decision.max_body
+    assert limits == {"/default": 1000, "/none": 0, "/small": 10}
