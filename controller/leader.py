@@ -99,11 +99,21 @@ class LeaderElector:
 
     async def run(self) -> None:
         while True:
-            delay = await self.step()
-            if self._renewed_at is not None:  # wake at the deadline too, so ``leading`` is cleared on time
-                left = self._renewed_at + self.config.renew_deadline - self.clock()
-                delay = max(0.0, min(delay, left))
+            attempt = asyncio.ensure_future(self.step())
+            while not attempt.done():  # an attempt in flight at the deadline: stop leading now, not when it ends
+                left = self._deadline_left()
+                await asyncio.wait({attempt}, timeout=left if left is not None and left > 0 else None)
+                self._follow()
+            delay = attempt.result()
+            left = self._deadline_left()
+            if left is not None and left > 0:  # wake at the deadline too, so ``leading`` is cleared on time
+                delay = min(delay, left)
             await asyncio.sleep(delay)
+
+    def _deadline_left(self) -> float | None:
+        if self._renewed_at is None:
+            return None
+        return self._renewed_at + self.config.renew_deadline - self.clock()
 
     async def step(self) -> float:
         """One acquire-or-renew attempt; returns how long to wait before the next one."""

@@ -237,8 +237,13 @@ async def serve(config: ControllerConfig, kubeconfig: str) -> int:
     from kubernetes import client
 
     _load_kube_config(kubeconfig)
-    elector = LeaderElector(client.CoordinationV1Api(), config.lease) if config.lease else None
-    writer = KubeWriter(client.CoreV1Api(), client.NetworkingV1Api(), timeout=config.api_timeout)
+    # No urllib3 retries: each retry would wait the request timeout again (three of them outlast the
+    # renew deadline); the elector and the reconciler retry on their own schedule.
+    settings = client.Configuration.get_default_copy()
+    settings.retries = 0
+    api = client.ApiClient(settings)
+    elector = LeaderElector(client.CoordinationV1Api(api), config.lease) if config.lease else None
+    writer = KubeWriter(client.CoreV1Api(api), client.NetworkingV1Api(api), timeout=config.api_timeout)
     inputs = IndexedInputs()
     async with Publisher(config.push, (lambda: elector.is_leader) if elector else (lambda: True)) as publisher:
         reconciler = Reconciler(config.loop, inputs, publisher, writer,

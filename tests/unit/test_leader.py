@@ -6,6 +6,7 @@ optimistic concurrency); each candidate reaches it through its own connection, w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 from dataclasses import dataclass, field
@@ -226,3 +227,38 @@ def test_decisions() -> None:
 def test_config_needs_retry_below_deadline_below_duration(duration: float, deadline: float, retry: float,
                                                            ok: bool) -> None:
     assert (LeaseConfig("ns", "n", "i", duration, deadline, retry).problems() == []) is ok
+
+
+async def test_run_stops_leading_at_the_deadline_even_while_a_call_hangs() -> None:
+    """The request timeout is the first line; the second is that leadership is a matter of the clock: a call
+    that overstays its timeout does not extend it."""
+    import asyncio
+    import threading
+    import time
+
+    release = threading.Event()
+    store = Store()
+
+    class Hanging(Connection):
+        def _call(self, kwargs: dict[str, Any]) -> None:
+            if self.state == "hang":
+                release.wait(5.0)  # ignores its timeout, as a wedged socket might
+                raise ReadTimeoutError(None, "/lease", "read timed out")  # type: ignore[arg-type]
+
+    connection = Hanging(store, Clock())
+    config = LeaseConfig("ns", "lease", "a", duration=1.0, renew_deadline=0.6, retry=0.2)
+    elector = LeaderElector(connection, config)  # type: ignore[arg-type]
+    task = asyncio.create_task(elector.run())
+    try:
+        await asyncio.wait_for(elector.leading.wait(), 2.0)
+        connection.state = "hang"
+        cut = time.monotonic()
+        while elector.leading.is_set():
+            assert time.monotonic() - cut < config.renew_deadline + 0.3, "still leading past the deadline"
+            await asyncio.sleep(0.01)
+        assert not release.is_set()  # the call is still hanging: leadership ended by the clock
+    finally:
+        release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
