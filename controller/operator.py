@@ -25,7 +25,7 @@ import kopf
 from controller import webhook
 from controller.kube import KubeWriter
 from controller.leader import LeaderElector, LeaseConfig
-from controller.model import Inputs, Projection, project
+from controller.model import Ingress, Inputs, Projection, project
 from controller.publisher import Publisher, PushConfig
 from controller.reconciler import LoopConfig, Reconciler
 from controller.render import RenderConfig
@@ -170,7 +170,14 @@ def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: Contro
             reconciler.mark_indexed()
             reconciler.mark_dirty()
 
-        kopf.on.event(*resource, id=f"dirty-{name}", registry=registry, when=when)(on_event)
+        def on_ingress_event(body: kopf.Body, type: str | None = None, **_: Any) -> None:
+            reconciler.mark_indexed()
+            view = None if type == "DELETED" else project(body)
+            key = (body.get("metadata", {}).get("namespace", ""), body.get("metadata", {}).get("name", ""))
+            reconciler.ingress_event(key, view if isinstance(view, Ingress) else None)
+
+        kopf.on.event(*resource, id=f"dirty-{name}", registry=registry, when=when)(
+            on_ingress_event if name == "ingresses" else on_event)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

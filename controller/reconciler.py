@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from controller import classes, reporting
 from controller.certificates import ParseCache, utc_now
 from controller.kube import KubeWriter
-from controller.model import Inputs
+from controller.model import Ingress, Inputs
 from controller.problems import ObjectRef, Problem
 from controller.publisher import Publisher
 from controller.render import RenderConfig, render
@@ -52,15 +52,31 @@ class Reconciler:
         self._posted: frozenset[Problem] = frozenset()
         self.parsed = ParseCache()  # parsed certificates by content: a render re-parses only changed Secrets
         self.status = StatusWriter(writer.write_status) if writer is not None else None
+        self._render_wanted = False  # False while dirty: only Ingress statuses changed, re-check those
+        self._ingresses: dict[tuple[str, str], Ingress] = {}  # what the renderer reads of each, status aside
 
     def mark_dirty(self) -> None:
+        self._render_wanted = True
         self.dirty.set()
+
+    def ingress_event(self, key: tuple[str, str], view: Ingress | None) -> None:
+        """An Ingress watch event. Our own status writes come back as thousands of events that change
+        nothing the renderer reads: those only re-check statuses (cheap) instead of rendering again."""
+        relevant = replace(view, status_addresses=()) if view is not None else None
+        if relevant is not None and self._ingresses.get(key) == relevant:
+            self.dirty.set()  # status only: someone else's overwrite must still be corrected
+            return
+        if relevant is None:
+            self._ingresses.pop(key, None)
+        else:
+            self._ingresses[key] = relevant
+        self.mark_dirty()
 
     def mark_indexed(self) -> None:
         """kopf calls event handlers only after every index is pre-populated: the first call proves it."""
         if not self.indexed.is_set():
             self.indexed.set()
-            self.dirty.set()
+            self.mark_dirty()
 
     async def run(self) -> None:
         try:
@@ -72,12 +88,13 @@ class Reconciler:
             await self.dirty.wait()
             await self._debounce()
             self.dirty.clear()
+            full, self._render_wanted = self._render_wanted, False
             try:
-                await self.reconcile()
+                await (self.reconcile() if full else self.reconcile_status())
             except Exception:
                 log.exception("reconcile failed; retrying on the next change")
                 await asyncio.sleep(1.0)
-                self.dirty.set()
+                self.mark_dirty()
 
     async def _debounce(self) -> None:
         start = time.monotonic()
@@ -118,12 +135,20 @@ class Reconciler:
         if self.writer is not None:
             await self._report(inputs, problems)
 
+    async def reconcile_status(self) -> None:
+        """Only Ingress statuses changed since the last render: compare them again, render nothing."""
+        if self.writer is not None and self.is_leader():
+            self._report_status(self.inputs())
+
     async def _report(self, inputs: Inputs, problems: list[Problem]) -> None:
         assert self.writer is not None
         uids: Mapping[ObjectRef, str] = {i.ref: i.uid for i in inputs.ingresses}
         existing = set(uids) | {s.ref for s in inputs.secrets} | {s.ref for s in inputs.services}
         to_post, self._posted = reporting.new_events(self._posted, (p for p in problems if p.obj in existing))
         await self.writer.post_events(to_post, dict(uids))
+        self._report_status(inputs)
+
+    def _report_status(self, inputs: Inputs) -> None:
         addresses = reporting.published_addresses(inputs.services, self.config.publish_service,
                                                   self.config.publish_address)
         if not addresses:

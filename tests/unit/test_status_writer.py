@@ -96,3 +96,32 @@ async def test_a_failed_write_is_retried_on_the_next_submit() -> None:
     await writer.idle()
     assert api.calls == [(ref(1), A)] * 2 and writer.written[ref(1)].addresses == A
     await writer.close()
+
+
+async def test_status_only_ingress_events_do_not_render_again() -> None:
+    from dataclasses import replace
+
+    from controller.model import Ingress, project
+    from controller.reconciler import LoopConfig, Reconciler
+    from controller.render import RenderConfig
+    from tests.unit import objects as k
+
+    reconciler = Reconciler(LoopConfig(RenderConfig(), ("portcullis", "dp")), lambda: None,  # type: ignore[arg-type,return-value]
+                            None, None, lambda: True)  # type: ignore[arg-type]
+    view = project(k.ingress("web", "a.example.com"))
+    assert isinstance(view, Ingress)
+    key = ("shop", "web")
+
+    def event(v: Ingress | None) -> bool:
+        reconciler._render_wanted = False
+        reconciler.dirty.clear()
+        reconciler.ingress_event(key, v)
+        assert reconciler.dirty.is_set()  # every event is looked at
+        return reconciler._render_wanted
+
+    assert event(view)  # first sight: render
+    assert not event(replace(view, status_addresses=A))  # our own status write coming back: status pass only
+    assert not event(replace(view, status_addresses=B))  # someone overwrote it: still a status pass, which rewrites
+    assert event(replace(view, annotations={"portcullis.io/hsts": "off"}))  # what the renderer reads: render
+    assert event(None)  # deleted: render
+    assert event(view)  # back again: render
