@@ -12,13 +12,14 @@ import ipaddress
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from dataplane import push_body
 from dataplane.gc_pause import gc_paused, parse_snapshot
-from dataplane.snapshot import Snapshot, SnapshotFormatError
+from dataplane.snapshot import MAX_GENERATION, Snapshot, SnapshotFormatError
 
 if TYPE_CHECKING:
     from dataplane.runtime import DataPlane, DataPlaneConfig
@@ -82,7 +83,7 @@ class AdminServer:
         return ctx
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.admin_max_body)
+        app = web.Application(client_max_size=self.config.admin_max_body, middlewares=[self._guard])
         app.router.add_put("/snapshot", self.put_snapshot)
         app.router.add_patch("/snapshot", self.patch_snapshot)
         app.router.add_get("/snapshot", self.get_snapshot)
@@ -108,6 +109,22 @@ class AdminServer:
             self.runner = None
 
     # --- handlers -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """What holds for every push, whatever its encoding: ``If-None-Match: *`` (fill only an empty
+        data plane, used by controllers that are not leading) answers 412 once a snapshot is applied,
+        and JSON nested past the interpreter's recursion limit is a 422, never a 500 with a traceback."""
+        if request.method in ("PUT", "PATCH") and request.path == "/snapshot" and self._authorised(request) \
+                and request.headers.get("If-None-Match", "").strip() == "*" and self.dataplane.ready:
+            return web.json_response({"errors": ["a snapshot is already applied (If-None-Match: *)"],
+                                      **self._state()}, status=412)
+        try:
+            return await handler(request)
+        except RecursionError:
+            self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
+            return web.json_response({"errors": ["JSON nested too deeply"]}, status=422)
 
     def _authorised(self, request: web.Request) -> bool:
         return bearer_ok(request.headers.get("Authorization"), self.config.admin_token)
@@ -160,6 +177,10 @@ class AdminServer:
         return await asyncio.to_thread(push_body.decode_body, raw, encoding, self.config.admin_max_body)
 
     async def _apply(self, snapshot: Snapshot) -> web.Response:
+        if not 0 <= snapshot.generation <= MAX_GENERATION:  # before the 409: a wild generation is invalid, not old
+            self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
+            return web.json_response({"errors": [f"generation {snapshot.generation} is outside [0, 2^53]"]},
+                                     status=422)
         if self.dataplane.ready and snapshot.generation < self.dataplane.generation:
             self.dataplane.metrics.snapshot_applies.labels("stale").inc()
             return web.json_response(
