@@ -122,3 +122,16 @@ def normalize_path(raw: bytes) -> tuple[bytes, bytes]:
     routing = b"/" + b"/".join(names) + (b"/" if (trailing or out[-1].startswith(b";")) and names else b"")
     return forwarded, routing
 
+
+
+def route_path(path: str) -> str:
+    """A configured route path in the routing form requests are matched in (computed per snapshot).
+
+    ``/%7Euser`` matches what a client's ``/~user`` or ``/%7euser`` normalises to, and a route path
+    with ``;params`` routes on its names, as requests do. A path that cannot be normalised (the
+    controller refuses most) is kept as written: no normalised request can equal it.
+    """
+    try:
+        return normalize_path(path.encode("latin-1"))[1].decode("latin-1")
+    except (PathError, UnicodeEncodeError):
+        return path

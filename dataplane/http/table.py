@@ -17,6 +17,7 @@ from typing import Any
 
 from dataplane.balancer import UpstreamPool
 from dataplane.http.parser import RequestHead
+from dataplane.http.path import route_path as canonical_route_path
 from dataplane.http.upstream import TLSContextCache, Upstream
 from dataplane.metrics import Metrics
 from dataplane.snapshot import ClientAuth, Snapshot, TLSHost, VirtualHost, route_order
@@ -96,10 +97,11 @@ def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings) -> VHostEntry:
     )
     routes: list[tuple[str, bool, str, Forward]] = []
     for route in sorted(vhost.routes, key=route_order):
-        trimmed = route.path.rstrip("/")
+        path = canonical_route_path(route.path)  # the form requests are normalised to (http/path.py)
+        trimmed = path.rstrip("/")
         forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings))
         if route.path_type == "Exact":
-            routes.append((route.path, True, "", forward))
+            routes.append((path, True, "", forward))
         else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
             routes.append((trimmed, False, trimmed + "/" if trimmed else "", forward))
     object.__setattr__(entry, "routes", tuple(routes))

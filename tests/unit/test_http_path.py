@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from dataplane.http.parser import ParseError, parse_request_head
-from dataplane.http.path import PathError, normalize_path
+from dataplane.http.path import PathError, normalize_path, route_path
 from dataplane.http.table import HTTPSettings, VHostEntry, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint, Pool, Route, Snapshot, VirtualHost
@@ -135,3 +135,18 @@ def test_every_spelling_of_admin_routes_to_admin(target: bytes) -> None:
     req = parse_request_head(head(target), 8192, 32768)
     forward = entry.match(req.path)
     assert forward is not None and forward.pool_id == "A", (target, req.path)
+
+
+@pytest.mark.parametrize(("route", "target"), [
+    ("/%7Euser", b"/~user"), ("/%7euser", b"/%7Euser"), ("/caf%c3%a9", b"/caf%C3%A9"), ("/api;v=1", b"/api;x"),
+    ("/a{b}", b"/a%7bb%7d"),
+])
+def test_route_paths_are_matched_in_the_request_form(route: str, target: bytes) -> None:
+    assert route_path(route) == parse_request_head(head(target), 8192, 32768).path
+    entry = routes((route, "Exact", "A"), ("/", "Prefix", "B"))
+    forward = entry.match(parse_request_head(head(target), 8192, 32768).path)
+    assert forward is not None and forward.pool_id == "A"
+
+
+def test_route_path_that_cannot_be_normalised_is_kept() -> None:
+    assert route_path("/a%2Fb") == "/a%2Fb"
