@@ -82,6 +82,9 @@ class DataPlaneWorker:
     async def _run(self) -> None:
         backoff = 0.2
         while True:
+            # Cleared before the sync, not after: a snapshot wanted while a push is in flight (a burst of
+            # creates renders again during every push) starts the next push at once instead of after resync.
+            self.wake.clear()
             try:
                 await (self._sync() if self.leading() else self._fill())
                 backoff = 0.2
@@ -91,7 +94,6 @@ class DataPlaneWorker:
                 self.confirmed = None
                 delay = backoff
                 backoff = min(backoff * 2, self.config.max_backoff)
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
 

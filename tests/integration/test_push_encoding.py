@@ -139,3 +139,24 @@ async def test_publisher_sends_deltas_and_falls_back_to_a_full_push(
         assert worker.acked is final and len(worker.pushed_bytes) == 3
         assert worker.pushed_bytes[-1] > delta  # the refused delta plus the full snapshot
         assert await served(dataplane, "d.example.com") == "d.example.com"
+
+
+async def test_a_snapshot_wanted_during_a_push_is_pushed_right_after_it(
+        dataplane: DataPlane, certs: dict[str, Certificate]) -> None:
+    first = snap(certs, ("a.example.com",), 0)
+    second = snap(certs, ("a.example.com", "b.example.com"), 0)
+    async with Publisher(PushConfig(port=dataplane.admin_port, token=TOKEN, resync=60)) as publisher:
+        publisher.update(["127.0.0.1"], first)
+        worker = publisher.workers["127.0.0.1"]
+        send, entered, gate = worker._send, asyncio.Event(), asyncio.Event()
+
+        async def held(method: str, body: bytes) -> tuple[int, str]:
+            entered.set()
+            await gate.wait()
+            return await send(method, body)
+
+        worker._send = held  # type: ignore[method-assign]
+        await asyncio.wait_for(entered.wait(), 10)
+        publisher.update(["127.0.0.1"], second)  # arrives while the first push is in flight
+        gate.set()
+        await eventually(lambda: dataplane.checksum == second.checksum, timeout=5)  # not after resync (60 s)
