@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,10 @@ TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 CA_CERT = "ca.crt"
 CA_CRL = "ca.crl"
+# PEM is printable ASCII text. cryptography skips other bytes around the blocks, OpenSSL (the data
+# plane) may not: a NUL before the block made it refuse the whole snapshot, a non-UTF-8 byte crashed
+# the render. Such material is refused here, naming the key.
+_NOT_PEM_TEXT = re.compile(rb"[^\t\n\r\x20-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,9 @@ def _serving_certificate(secret: Secret, now: int, cache: ParseCache | None = No
 
 
 def _parse_serving(cert_bytes: bytes, key_bytes: bytes) -> _ParsedServing:
+    for name, data in ((TLS_CERT, cert_bytes), (TLS_KEY, key_bytes)):
+        if _NOT_PEM_TEXT.search(data):
+            return _ParsedServing(None, f"{name} holds bytes that are not PEM text (control or non-ASCII)", None)
     try:
         chain = x509.load_pem_x509_certificates(cert_bytes)
     except ValueError as exc:
@@ -195,6 +203,9 @@ def _ca_bundle(secret: Secret, now: int, cache: ParseCache | None = None) -> Che
 
 
 def _parse_bundle(pem: bytes, crl: bytes) -> _ParsedBundle:
+    for name, data in ((CA_CERT, pem), (CA_CRL, crl)):
+        if _NOT_PEM_TEXT.search(data):
+            return _ParsedBundle(None, f"{name} holds bytes that are not PEM text (control or non-ASCII)", ())
     try:
         cas = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:

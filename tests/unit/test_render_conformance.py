@@ -8,6 +8,7 @@ rendered snapshot is one the data plane applies.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import subprocess
@@ -336,11 +337,12 @@ def ingresses(draw: st.DrawFn, name: str) -> dict[str, Any]:
     if draw(st.booleans()):
         spec["tls"] = [{"hosts": draw(st.lists(HOSTS, max_size=3)),
                         "secretName": draw(mostly(st.just("tls"),
-                                                  st.sampled_from(["garbage", "mismatch", "missing", "ca"])))}]
+                                                  st.sampled_from(["garbage", "mismatch", "missing", "ca", "raw"])))}]
     coherent = st.sampled_from([
         {P + "client-auth-secret": "ca"}, {P + "tls-mode": "reencrypt", P + "backend-ca-secret": "ca"},
         {P + "tls-mode": "reencrypt", P + "backend-client-secret": "tls", P + "backend-verify": "false"},
         {P + "tls-mode": "passthrough", P + "proxy-protocol": "v2"}, {NGINX + "auth-tls-secret": "shop/ca"},
+        {P + "client-auth-secret": "rawca"}, {P + "tls-mode": "reencrypt", P + "backend-client-secret": "raw"},
     ])
     extra = st.dictionaries(ANNOTATION_KEYS, VALUES, max_size=3)
     annotations = draw(st.one_of(st.just({}), coherent, st.tuples(coherent, extra).map(lambda t: {**t[0], **t[1]}),
@@ -349,6 +351,12 @@ def ingresses(draw: st.DrawFn, name: str) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": name, "namespace": k.NS, "creationTimestamp": created, "annotations": annotations},
             "spec": spec}
+
+
+def _raw_secret(name: str, type_: str, data: dict[str, bytes]) -> dict[str, Any]:
+    """Secret data as arbitrary bytes: PEM wrapped in control and non-UTF-8 bytes."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": type_, "metadata": {"name": name, "namespace": k.NS},
+            "data": {key: base64.b64encode(value).decode() for key, value in data.items()}}
 
 
 @st.composite
@@ -361,6 +369,11 @@ def world(draw: st.DrawFn) -> list[dict[str, Any]]:
         k.tls_secret("garbage", draw(st.sampled_from([m["cert"] + "\n-----BEGIN CERTIFICATE-----\nAAAA\n", "x",
                                                       m["key"], m["cert"].replace("A", "B", 3)])), m["key"]),
         k.ca_secret("ca", draw(st.sampled_from([m["ca"], m["cert"], "junk", m["ca"] + "junk"]))),
+        _raw_secret("raw", "kubernetes.io/tls", {
+            "tls.crt": draw(st.binary(max_size=4)) + m["cert"].encode() + draw(st.binary(max_size=4)),
+            "tls.key": draw(st.sampled_from([b"", b"\x00", b"\xff"])) + m["key"].encode()}),
+        _raw_secret("rawca", "Opaque", {"ca.crt": draw(st.binary(max_size=4)) + m["ca"].encode(),
+                                        "ca.crl": draw(st.binary(max_size=3))}),
         k.service("web"), k.service("idle"),
         k.service("web", port=443, port_name="https", app_protocol=draw(st.sampled_from(["https", "http", "tls"]))),
     ]
