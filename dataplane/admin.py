@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dataplane import push_body
+from dataplane import push_body, state_file
 from dataplane.gc_pause import gc_paused, parse_snapshot
 from dataplane.snapshot import MAX_GENERATION, Snapshot, SnapshotFormatError
 
@@ -59,6 +59,7 @@ class AdminServer:
         self.bind = config.admin_bind if config.admin_bind is not None else config.bind
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self._saving = asyncio.Lock()
 
     def check_config(self) -> None:
         cfg = self.config
@@ -95,6 +96,7 @@ class AdminServer:
     async def start(self) -> None:
         self.check_config()
         context = self.ssl_context()
+        await self.restore()
         # auto_decompress off: push bodies are inflated by push_body.decode_body, bounded (a gzip bomb)
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await self.runner.setup()
@@ -102,6 +104,27 @@ class AdminServer:
         await site.start()
         addresses: list[Any] = list(self.runner.addresses)
         self.port = int(addresses[0][1]) if addresses else 0
+
+    async def restore(self) -> None:
+        """Serve the snapshot kept in ``--state-file`` before the first push arrives (validated like a push)."""
+        path = self.config.state_file
+        if not path or self.dataplane.ready:
+            return
+        snapshot = await asyncio.to_thread(state_file.load, path)
+        if snapshot is None:
+            return
+        errors = await self.dataplane.apply_async(snapshot)
+        if errors:
+            log.warning("state file snapshot refused; starting empty", extra={"path": path, "errors": errors[:5]})
+        else:
+            log.warning("serving the snapshot kept in the state file until a controller pushes",
+                        extra={"path": path, "generation": snapshot.generation})
+
+    async def _keep(self, path: str) -> None:
+        """Write what is applied *now*, one write at a time: two pushes finishing close together cannot leave
+        the older one in the file."""
+        async with self._saving:
+            await asyncio.to_thread(state_file.save, path, self.dataplane.snapshot)
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -191,6 +214,8 @@ class AdminServer:
         errors = await self.dataplane.apply_async(snapshot)
         if errors:
             return web.json_response({"errors": errors}, status=422)
+        if self.config.state_file:
+            await self._keep(self.config.state_file)
         return web.json_response(self._state())
 
     async def get_snapshot(self, request: web.Request) -> web.Response:

@@ -57,6 +57,7 @@ class DataPlaneConfig:
     reuse_port: bool = False
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
     admin_max_body: int = 64 * 1024 * 1024
+    state_file: str | None = None  # last pushed snapshot, restored at start (dataplane/state_file.py)
 
 
 @dataclass(frozen=True)

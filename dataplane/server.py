@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request body bytes allowed on routes that set no limit (413 beyond; 0: no limit)")
     add("--tunnel-idle-timeout", type=float, default=_default("tunnel-idle-timeout", 3600.0, float),
         help="seconds a passthrough tunnel may stay silent before it is closed (0: never)")
+    add("--state-file", default=_default("state-file", None),
+        help="keep the last pushed snapshot here (mode 0600; put it on a memory-backed volume: it holds private "
+             "keys) and serve it at once after a restart")
     add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
         help="seconds live connections get to finish after SIGTERM")
     add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
@@ -137,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         client_body_timeout=args.client_body_timeout,
         upgrade_idle_timeout=args.upgrade_idle_timeout,
         max_body_size=args.max_body_size,
+        state_file=args.state_file or None,
     )
 
 

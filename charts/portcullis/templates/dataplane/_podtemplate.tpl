@@ -45,6 +45,7 @@ spec:
     - --https-redirect-port={{ $dp.httpsRedirectPort }}
     - --workers={{ $dp.workers }}
     - --drain-timeout={{ $dp.drainTimeoutSeconds }}
+    - --state-file=/run/portcullis/snapshot.json
     {{- range $dp.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -96,6 +97,8 @@ spec:
       readOnly: true
     - name: tmp
       mountPath: /tmp
+    - name: state
+      mountPath: /run/portcullis
   volumes:
   - name: push
     secret:
@@ -110,6 +113,12 @@ spec:
         path: tls.key
   - name: tmp
     emptyDir:
+      sizeLimit: 64Mi
+  # The last pushed snapshot (private keys included): tmpfs, never on the node's disk, gone with the pod;
+  # it outlives only a container restart, which then serves at once even with no controller to push.
+  - name: state
+    emptyDir:
+      medium: Memory
       sizeLimit: 64Mi
   {{- with $dp.nodeSelector }}
   nodeSelector:
