@@ -123,15 +123,35 @@ def public_blocks(secret: Secret) -> tuple[Secret, tuple[str, ...]]:
         if not raw:
             continue
         kept, dropped = pem_blocks.keep_blocks(raw, labels)
+        if kept and kept != raw and not dropped:  # only text around the blocks: see _clean_text
+            data[key] = kept
         if dropped:
             data[key] = kept
             what = ", ".join(sorted(set(dropped)))
             messages.append(f"Secret {secret.ref.namespace}/{secret.ref.name} key {key} holds {what} PEM "
                             f"block(s); removed, only {' and '.join(labels)} blocks are used from {key}"
                             + (" (a private key belongs in tls.key)" if "PRIVATE KEY" in what else ""))
-    if not messages:
+    _clean_text(data)
+    if data == secret.data:
         return secret, ()
     return replace(secret, data=data), tuple(messages)
+
+
+_KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY")
+
+
+def _clean_text(data: dict[str, bytes]) -> None:
+    """``tls.key`` and ``ca.crl`` as their PEM blocks only, like the certificates above.
+
+    cryptography finds a block anywhere (``x-----BEGIN ...`` on one line, after a NUL); OpenSSL in
+    the data plane does not, and refused the whole snapshot for it. Shipping only the blocks makes
+    both read the same material. Text on lines of its own (``Bag Attributes``) goes too, harmlessly.
+    """
+    for key, labels in ((TLS_KEY, _KEY_LABELS), (CA_CRL, ("X509 CRL",))):
+        raw = data.get(key)
+        kept = pem_blocks.keep_blocks(raw, labels)[0] if raw else b""
+        if kept and kept != raw:
+            data[key] = kept
 
 
 def serving_certificate(secret: Secret, now: int, cache: ParseCache | None = None) -> Checked:

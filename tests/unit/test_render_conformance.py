@@ -26,6 +26,7 @@ from controller import conformance
 from controller.model import Ingress, IngressPath, IngressRule, IngressTLS, Inputs, project
 from controller.problems import Problem
 from controller.render import RenderConfig, render
+from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import ClientAuth, Pool, Route, Snapshot, TLSHost, UpstreamTLS, VirtualHost, validate
 from tests.pki import CA, unrelated_key_pem
 from tests.unit import objects as k
@@ -396,7 +397,13 @@ def test_whatever_the_objects_the_data_plane_applies_the_snapshot(objs: list[dic
     inputs, _ = Inputs.from_objects(objs)
     snapshot, _ = render(inputs, RenderConfig())
     assert validate(snapshot, check_pem=True) == []
-    assert validate(Snapshot.from_json(snapshot.to_json()), check_pem=False) == []
+    # and the data plane's whole apply (validate, load into OpenSSL, build the TLS and HTTP tables) takes it
+    assert _dataplane().apply(Snapshot.from_json(snapshot.to_json())) == []
+
+
+@functools.cache
+def _dataplane() -> DataPlane:
+    return DataPlane(DataPlaneConfig(https_port=0, http_port=0, admin_port=0, admin_token="t"))
 
 
 # --- `portcullis render -f`: exit status and problem text -----------------------------------------
@@ -462,3 +469,27 @@ def test_refused_pool_costs_only_its_routes(monkeypatch: pytest.MonkeyPatch) -> 
     assert [r.path for r in snap.virtual_hosts[0].routes] == ["/a"]
     assert {p.id for p in snap.pools} == {"shop/web:80"}
     assert ("InvalidBackendSettings", "spec.rules[0].http.paths[1].backend") in errors(problems)
+
+
+# --- Secret text OpenSSL reads differently from cryptography ---------------------------------------
+
+@pytest.mark.parametrize("wrap", [
+    lambda pem: b"x" + pem,  # junk on the BEGIN line: cryptography finds the block, OpenSSL does not
+    lambda pem: b"\x00" + pem,
+    lambda pem: b"\xff\xfe not utf-8\n" + pem,  # crashed the render (UnicodeDecodeError)
+    lambda pem: b"Bag Attributes\n    localKeyID: 01\n" + pem.replace(b"\n", b"\r\n"),
+])
+@pytest.mark.parametrize("key", ["tls.crt", "tls.key", "ca.crt"])
+def test_pem_wrapped_in_junk_is_served_as_its_blocks_or_refused_never_breaks_the_snapshot(wrap: Any, key: str) -> None:
+    m = _material()
+    tls = {"tls.crt": m["cert"].encode(), "tls.key": m["key"].encode()}
+    ca = {"ca.crt": m["ca"].encode()}
+    (tls if key in tls else ca)[key] = wrap((tls if key in tls else ca)[key])
+    snap, problems = run(
+        k.ingress("i", tls_secret="raw", annotations={P + "client-auth-secret": "rawca"}),
+        _raw_secret("raw", "kubernetes.io/tls", tls), _raw_secret("rawca", "Opaque", ca), *web(),
+    )
+    assert _dataplane().apply(Snapshot.from_json(snap.to_json())) == []
+    assert errors(problems) == set()  # the blocks themselves are fine: served as such
+    row = snap.tls_hosts[0]
+    assert row.certificate_id is not None and row.client_auth is not None
