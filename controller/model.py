@@ -369,6 +369,9 @@ def _ingress(obj: Mapping[str, Any]) -> Ingress:
             continue  # every host refused: the entry must not widen to all rule hosts
         tls.append(IngressTLS(tuple(hosts), r.text(entry.get("secretName"), f"{where}.secretName"), where))
     generation = meta.get("generation")
+    if len(ref.name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(ref.name):
+        r.problem("metadata.name", f"name {ref.name!r} is not a lower-case DNS name (required); Ingress not served")
+        default_backend, rules, tls = None, [], []
     return Ingress(
         ref=ref,
         created=_timestamp(meta.get("creationTimestamp")),

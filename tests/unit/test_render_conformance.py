@@ -493,3 +493,11 @@ def test_pem_wrapped_in_junk_is_served_as_its_blocks_or_refused_never_breaks_the
     assert errors(problems) == set()  # the blocks themselves are fine: served as such
     row = snap.tls_hosts[0]
     assert row.certificate_id is not None and row.client_auth is not None
+
+
+@pytest.mark.parametrize("name", ["", "Shop", "shop_1", None])
+def test_ingress_without_a_valid_name_is_not_served(name: str | None) -> None:
+    obj = _set(BASE, "metadata.name", name) if name is not None else _set(BASE, "metadata.name", ...)
+    snap, problems = run(obj, k.ingress("good"), *web())
+    assert ("InvalidObject", "metadata.name") in errors(problems)
+    assert hosts(snap) == {"a.example.com"}
