@@ -62,6 +62,7 @@ class DataPlaneWorker:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.leading: Callable[[], bool] = lambda: True  # the Publisher's: is this replica the leader now?
+        self.on_confirmed: Callable[[], None] = lambda: None  # the Publisher's: re-check "all in sync"
         host = f"[{address}]" if ":" in address else address
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://{host}:{config.port}/snapshot"
@@ -167,6 +168,7 @@ class DataPlaneWorker:
                 raise ValueError(f"PUT /snapshot answered {status}: {text[:500]}")
         self.confirmed = desired.checksum
         self.acked = desired
+        self.on_confirmed()
         self.pushed_bytes = [*self.pushed_bytes[-99:], size]
         log.info("pushed %s (%d bytes) to %s: generation %d, checksum %s", kind, size, self.address,
                  snapshot.generation, desired.checksum,
@@ -212,6 +214,7 @@ class Publisher:
         self.workers: dict[str, DataPlaneWorker] = {}
         self.snapshot: Snapshot | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._synced = asyncio.Event()  # every data plane confirmed the latest snapshot
 
     async def __aenter__(self) -> Publisher:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
@@ -234,6 +237,7 @@ class Publisher:
                     continue
                 worker = DataPlaneWorker(address, self.config, self._session, self.ssl_context)
                 worker.leading = self.is_leader
+                worker.on_confirmed = self._note_sync
                 self.workers[address] = worker
                 worker.start()
         for address in list(self.workers):
@@ -247,7 +251,20 @@ class Publisher:
             for worker in self.workers.values():
                 if worker.desired is not self.snapshot:
                     worker.want(self.snapshot)
+        self._note_sync()
 
     def in_sync(self) -> dict[str, bool]:
         wanted = self.snapshot.checksum if self.snapshot else None
         return {a: w.confirmed == wanted for a, w in self.workers.items()}
+
+    def _note_sync(self) -> None:
+        if all(self.in_sync().values()):
+            self._synced.set()
+        else:
+            self._synced.clear()
+
+    async def wait_synced(self, timeout: float) -> None:
+        """Until every data plane serves the latest snapshot, at most ``timeout`` seconds (a data plane
+        that is down must not hold back what waits on this for ever)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), timeout)

@@ -51,7 +51,8 @@ class Reconciler:
         self.last_problems: tuple[Problem, ...] = ()
         self._posted: frozenset[Problem] = frozenset()
         self.parsed = ParseCache()  # parsed certificates by content: a render re-parses only changed Secrets
-        self.status = StatusWriter(writer.write_status) if writer is not None else None
+        self.status = StatusWriter(writer.write_status, ready=lambda: publisher.wait_synced(5.0)) \
+            if writer is not None else None
         self._render_wanted = False  # False while dirty: only Ingress statuses changed, re-check those
         self._ingresses: dict[tuple[str, str], Ingress] = {}  # what the renderer reads of each, status aside
 

@@ -6,6 +6,11 @@ which Ingresses should carry which addresses; a background task writes them, at 
 ``concurrency`` at once (each write is a blocking client call in a worker thread, and the thread
 pool is shared with the publisher's encoding), and the reconciler goes straight back to rendering.
 
+Serving comes first: with a ``ready`` gate (the publisher's "every data plane serves the latest
+snapshot", bounded in time), a write waits while a newer snapshot is on its way, so the status storm
+after a bulk create does not compete for the interpreter with the render and push that serve it (and
+an Ingress's status announces an address once that address serves it).
+
 Between a successful write and the watch event that brings it into the index, the index still shows
 the old status; ``due`` skips such an Ingress for ``settle`` seconds instead of writing it again.
 """
@@ -48,8 +53,10 @@ def due(wanted: Mapping[ObjectRef, Addresses], written: Mapping[ObjectRef, Writt
 
 class StatusWriter:
     def __init__(self, write: Callable[[ObjectRef, Addresses], Awaitable[bool]], concurrency: int = 4,
-                 settle: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 settle: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 ready: Callable[[], Awaitable[object]] | None = None) -> None:
         self.write = write
+        self.ready = ready
         self.settle = settle
         self.clock = clock
         self.wanted: dict[ObjectRef, Addresses] = {}
@@ -101,6 +108,8 @@ class StatusWriter:
     async def _one(self, ref: ObjectRef, addresses: Addresses) -> None:
         try:
             async with self._limit:
+                if self.ready is not None:
+                    await self.ready()
                 if self.wanted.get(ref) != addresses:  # superseded or no longer needed while queued
                     return
                 self.writes += 1

@@ -158,5 +158,10 @@ async def test_a_snapshot_wanted_during_a_push_is_pushed_right_after_it(
         worker._send = held  # type: ignore[method-assign]
         await asyncio.wait_for(entered.wait(), 10)
         publisher.update(["127.0.0.1"], second)  # arrives while the first push is in flight
+        started = asyncio.get_running_loop().time()
+        await publisher.wait_synced(0.3)  # not in sync: returns at its timeout
+        assert asyncio.get_running_loop().time() - started >= 0.25
         gate.set()
         await eventually(lambda: dataplane.checksum == second.checksum, timeout=5)  # not after resync (60 s)
+        await asyncio.wait_for(publisher.wait_synced(60), 5)  # in sync: returns when the push is confirmed
+        assert publisher.in_sync() == {"127.0.0.1": True}

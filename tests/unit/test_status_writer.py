@@ -125,3 +125,18 @@ async def test_status_only_ingress_events_do_not_render_again() -> None:
     assert event(replace(view, annotations={"portcullis.io/hsts": "off"}))  # what the renderer reads: render
     assert event(None)  # deleted: render
     assert event(view)  # back again: render
+
+
+async def test_writes_wait_for_the_ready_gate() -> None:
+    api = FakeApi()
+    api.gate.set()
+    serving = asyncio.Event()
+    writer = StatusWriter(api.write, ready=serving.wait)
+    writer.submit({ref(1): A, ref(2): A})
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert api.calls == []  # a newer snapshot is still on its way to the data planes
+    serving.set()
+    await writer.idle()
+    assert sorted(api.calls) == [(ref(1), A), (ref(2), A)]
+    await writer.close()
