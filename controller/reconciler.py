@@ -47,6 +47,7 @@ class Reconciler:
         self.dirty = asyncio.Event()
         self.indexed = asyncio.Event()  # set once kopf's indexes hold the whole initial listing
         self.renders = 0
+        self.last_render_seconds = 0.0
         self.last_checksum: str | None = None
         self.last_problems: tuple[Problem, ...] = ()
         self._posted: frozenset[Problem] = frozenset()
@@ -98,8 +99,15 @@ class Reconciler:
                 self.mark_dirty()
 
     async def _debounce(self) -> None:
+        """Until ``quiet`` seconds without a change, or at most ``max_delay`` in a steady stream of them.
+
+        In a stream, the cap grows to the last render's duration: at thousands of Ingresses a render
+        takes seconds, and rendering back to back during a bulk create would take the interpreter from
+        the watch streams it must drain before the last render can see everything.
+        """
         start = time.monotonic()
-        while time.monotonic() - start < self.config.max_delay:
+        cap = max(self.config.max_delay, self.last_render_seconds)
+        while time.monotonic() - start < cap:
             self.dirty.clear()
             try:
                 await asyncio.wait_for(self.dirty.wait(), self.config.quiet)
@@ -121,6 +129,7 @@ class Reconciler:
         snapshot, problems = await asyncio.to_thread(render, inputs, replace(self.config.render, now=utc_now()),
                                                      self.parsed)
         self.renders += 1
+        self.last_render_seconds = time.perf_counter() - started
         if snapshot.checksum != self.last_checksum:
             log.info("rendered %d TLS hosts, %d virtual hosts, %d problems in %.2f s: checksum %s",
                      len(snapshot.tls_hosts), len(snapshot.virtual_hosts), len(problems),

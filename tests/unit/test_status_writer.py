@@ -1,5 +1,6 @@
 """Status writes off the render path: bounded concurrency, only when different, no rewrite before the index
-catches up, superseded writes dropped."""
+catches up, superseded writes dropped; and the reconciler's loop around them (status-only events render nothing,
+debounce stretches to the render's own duration in a stream of changes)."""
 
 from __future__ import annotations
 
@@ -140,3 +141,32 @@ async def test_writes_wait_for_the_ready_gate() -> None:
     await writer.idle()
     assert sorted(api.calls) == [(ref(1), A), (ref(2), A)]
     await writer.close()
+
+
+async def test_debounce_in_a_stream_waits_as_long_as_the_last_render_took() -> None:
+    from controller.reconciler import LoopConfig, Reconciler
+    from controller.render import RenderConfig
+
+    reconciler = Reconciler(LoopConfig(RenderConfig(), ("portcullis", "dp"), quiet=0.05, max_delay=0.1),
+                            lambda: None, None, None, lambda: True)  # type: ignore[arg-type,return-value]
+    loop = asyncio.get_running_loop()
+
+    async def stream() -> None:
+        for _ in range(200):  # a change every 10 ms, never 50 ms of quiet
+            reconciler.mark_dirty()
+            await asyncio.sleep(0.01)
+
+    async def debounce_seconds() -> float:
+        feeder = asyncio.create_task(stream())
+        started = loop.time()
+        await reconciler._debounce()
+        feeder.cancel()
+        return loop.time() - started
+
+    assert 0.09 <= await debounce_seconds() < 0.3  # renders are quick: max_delay caps the wait
+    reconciler.last_render_seconds = 0.6
+    assert 0.59 <= await debounce_seconds() < 1.0  # renders take 0.6 s: at most one in 0.6 s of stream
+    started = loop.time()
+    reconciler.mark_dirty()
+    await reconciler._debounce()  # no stream: quiet ends it, however long renders take
+    assert loop.time() - started < 0.3
