@@ -81,6 +81,9 @@ class KubeWriter:
             await asyncio.to_thread(self.networking.patch_namespaced_ingress_status, ref.name, ref.namespace,
                                     status_body(addresses), _request_timeout=self.timeout)
         except ApiException as exc:
+            if exc.status == 404:  # deleted while its write was queued (hundreds when a namespace goes)
+                log.debug("status not written: Ingress gone", extra={"object": str(ref)})
+                return False
             log.warning("status not written", extra={"object": str(ref), "status": exc.status})
             return False
         except Exception as exc:  # timeout or unreachable apiserver: retried on the next reconcile
