@@ -28,6 +28,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -175,12 +176,14 @@ def run_scale(n: int, kubeconfig: Path, state: Path, work: Path, profile_seconds
         last_create = time.monotonic()
         out["create_seconds"] = round(last_create - t0, 2)
         profiler = None
-        if profile_seconds:
+        py_spy = shutil.which("py-spy", path=os.environ.get("PY_SPY_PATH"))
+        if profile_seconds and py_spy:  # folded stacks of the controller right after the creates
             profiler = subprocess.Popen(
-                [str(Path("/tmp/h6/pyspy/bin/py-spy")), "record", "-p", str(pid), "-d", str(int(profile_seconds)),
-                 "-f", "raw", "-o", str(work / f"controller-{n}.folded"), "-r", "50", "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if Path("/tmp/h6/pyspy/bin/py-spy").exists() \
-                else None
+                [py_spy, "record", "-p", str(pid), "-d", str(int(profile_seconds)), "-f", "raw",
+                 "-o", str(work / f"controller-{n}.folded"), "-r", "50", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif profile_seconds:
+            print("py-spy not found (PATH or PY_SPY_PATH): no profile", file=sys.stderr)
         first, all_served = converge(address, HTTPS_PORT, expected, hosts[-1], True, last_create, timeout=600)
         out["served_last_host_s"] = round(first, 2)
         out["served_all_s"] = round(all_served, 2)
@@ -308,7 +311,9 @@ def main() -> int:
     parser.add_argument("sizes", nargs="+", type=int)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--encodings-only", action="store_true")
-    parser.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy the controller after the creates")
+    parser.add_argument("--profile-seconds", type=float, default=0.0,
+                        help="py-spy (pip install py-spy; found on PATH or PY_SPY_PATH) the controller after the "
+                             "creates; folded stacks land in /tmp/portcullis-bench-PID/controller-N.folded")
     args = parser.parse_args()
     results: dict[str, Any] = {"encodings": [], "rig": []}
     for n in args.sizes:
