@@ -21,7 +21,8 @@ from dataplane import pem
 from dataplane.edge import AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
 from dataplane.gc_pause import gc_paused
 from dataplane.http.connection import HTTPProtocol
-from dataplane.http.table import HTTPSettings, HTTPTable, TableRef, build_http_table
+from dataplane.http.settings import HTTPSettings
+from dataplane.http.table import HTTPTable, TableRef, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
@@ -69,15 +70,24 @@ class _Applied:
     verified: frozenset[str]  # content ids of PEM material already loaded once
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A snapshot built by ``DataPlane.prepare`` and not yet swapped in, with the state it was built on."""
+
+    built: _Applied
+    previous: _Applied
+
+
 class DataPlane:
     def __init__(self, config: DataPlaneConfig, metrics: Metrics | None = None,
-                 app: AppFactory | None = None) -> None:
-        """``app`` replaces the HTTP engine behind both listeners (tests and tools that speak another protocol)."""
+                 app: AppFactory | None = None, tracker: Tracker | None = None) -> None:
+        """``app`` replaces the HTTP engine behind both listeners (tests and tools that speak another protocol);
+        ``tracker`` one that also counts (a worker process counts the connections it serves)."""
         self.config = config
         self._app_override = app
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
-        self.tracker = Tracker()
+        self.tracker = tracker if tracker is not None else Tracker()
         self._http_settings = HTTPSettings(
             https_redirect_port=config.https_redirect_port,
             client_send_timeout=config.client_send_timeout,
@@ -163,6 +173,23 @@ class DataPlane:
             if not errors:  # one gauge per certificate: 157 ms at 10k hosts, so off the loop too
                 await asyncio.to_thread(self._report_certificates, snapshot)
             return errors
+
+    async def prepare(self, snapshot: Snapshot) -> Prepared | list[str]:
+        """Phase one of an apply across worker processes (``dataplane/workers.py``): build every table off the
+        loop, swap nothing. The supervisor commits only once every worker prepared, so a snapshot one worker
+        refuses is served by none."""
+        async with self._apply_lock:
+            previous = self._applied
+            result = await asyncio.to_thread(self._build_safely, snapshot, previous)
+            return result if isinstance(result, list) else Prepared(result, previous)
+
+    def commit(self, snapshot: Snapshot, prepared: Prepared) -> None:
+        """Phase two: swap what ``prepare`` built. Applies are serialised by the supervisor; should another apply
+        have slipped in since, build again on top of it (synchronously: it cannot be refused differently)."""
+        result: _Applied | list[str] = prepared.built
+        if prepared.previous is not self._applied:
+            result = self._build_safely(snapshot, self._applied)
+        self._swap(snapshot, result, time.perf_counter(), report=False)
 
     def _build_safely(self, snapshot: Snapshot, previous: _Applied) -> _Applied | list[str]:
         """Build with the cyclic GC paused (a full collection stalled the loop 343 ms at 10k hosts)."""

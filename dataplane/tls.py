@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dataplane import openssl, pem
+from dataplane.hosts import HostTable
 from dataplane.snapshot import CABundle, Certificate, ClientAuth, Snapshot, TLSHost, TLSVersion, content_id
 
 log = logging.getLogger(__name__)
@@ -122,21 +123,14 @@ def server_context(
 class TLSTable:
     """The SNI table of one snapshot and the contexts its rows handshake with."""
 
-    exact: Mapping[str, TLSHost]
-    wildcard: Mapping[str, TLSHost]  # key: the suffix after "*."
+    hosts: HostTable[TLSHost]  # no default row: no match means the default certificate
     host_contexts: Mapping[str, ssl.SSLContext]  # terminate rows by host
     default_context: ssl.SSLContext
     contexts: Mapping[ContextKey, ssl.SSLContext] = field(default_factory=dict)  # the cache to carry over
 
     def lookup(self, sni: str | None) -> TLSHost | None:
-        """Exact name, then a single-label wildcard; None means the default certificate."""
-        if not sni:
-            return None
-        row = self.exact.get(sni)
-        if row is not None:
-            return row
-        _, dot, parent = sni.partition(".")
-        return self.wildcard.get(parent) if dot and parent else None
+        """Exact name, then a single-label wildcard (``hosts.HostTable``); None means the default certificate."""
+        return self.hosts.lookup(sni)
 
     def context_for(self, row: TLSHost | None) -> ssl.SSLContext:
         if row is None:
@@ -177,14 +171,8 @@ def build_tls_table(
         return found
 
     default_context = context(default_cert, "1.2", None)
-    exact: dict[str, TLSHost] = {}
-    wildcard: dict[str, TLSHost] = {}
     host_contexts: dict[str, ssl.SSLContext] = {}
     for row in snapshot.tls_hosts:
-        if row.host.startswith("*."):
-            wildcard[row.host[2:]] = row
-        else:
-            exact[row.host] = row
         if row.mode != "terminate":
             continue
         if row.client_auth is not None and row.client_auth.ca_id not in cas:
@@ -196,4 +184,5 @@ def build_tls_table(
             host_contexts[row.host] = ctx
     if errors or default_context is None:
         return None, errors or ["default certificate does not load"]
-    return TLSTable(exact, wildcard, host_contexts, default_context, contexts), []
+    hosts = HostTable((row.host, row) for row in snapshot.tls_hosts)
+    return TLSTable(hosts, host_contexts, default_context, contexts), []

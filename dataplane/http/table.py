@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataplane.balancer import UpstreamPool
+from dataplane.hosts import HostTable
 from dataplane.http.parser import RequestHead
 from dataplane.http.path import route_path as canonical_route_path
+from dataplane.http.settings import HTTPSettings
 from dataplane.http.upstream import TLSContextCache, Upstream
 from dataplane.metrics import Metrics
 from dataplane.snapshot import ClientAuth, Snapshot, TLSHost, VirtualHost, route_order
@@ -26,24 +28,6 @@ log = logging.getLogger(__name__)
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 NO_HOST_LABEL = "(none)"
-
-
-@dataclass(frozen=True)
-class HTTPSettings:
-    https_redirect_port: int = 443  # port in the Location of insecure-policy redirects (443 -> omitted)
-    max_header_bytes: int = 32768  # 431 beyond
-    max_request_line: int = 8192  # 414 beyond
-    max_headers: int = 100  # request header lines; 431 beyond
-    keepalive_timeout: float = 75.0  # idle client connection between requests
-    header_timeout: float = 30.0  # from the first byte of a request head to its end
-    max_body_buffer: int = 256 * 1024  # client bytes buffered while the upstream is not writable
-    upstream_idle_timeout: float = 30.0  # idle keep-alive connection to a backend
-    max_idle_per_endpoint: int = 64
-    max_connect_attempts: int = 3  # endpoints tried for one request when connects fail
-    client_send_timeout: float = 60.0  # the client accepted none of the bytes waiting for it this long: close
-    client_body_timeout: float = 60.0  # no request-body byte this long: 408 (or close once a response started)
-    upgrade_idle_timeout: float = 3600.0  # upgraded (WebSocket) connection silent both ways this long: close
-    max_body_size: int = 1024 * 1024  # request body limit of routes that set none (-1); 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +130,8 @@ class HTTPTable:
         self.upstreams = upstreams
         self.tls_contexts = tls_contexts
         self.generation = generation
-        self._exact = {h: v for h, v in vhosts.items() if not h.startswith("*.")}
-        self._wildcard = {h[2:]: v for h, v in vhosts.items() if h.startswith("*.")}
-        self._default = self._exact.pop("", None)
-        self._tls_exact = {h: r for h, r in tls_hosts.items() if not h.startswith("*.")}
-        self._tls_wildcard = {h[2:]: r for h, r in tls_hosts.items() if h.startswith("*.")}
+        self._vhosts = HostTable(vhosts.items(), allow_default=True)
+        self._tls_hosts = HostTable(tls_hosts.items())  # matched as the edge's SNI table (tls.TLSTable)
         self.match_cn = match_cn_patterns(tls_hosts)
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
@@ -160,23 +141,11 @@ class HTTPTable:
 
     def vhost(self, host: str) -> VHostEntry | None:
         """Exact host, then a single-label wildcard, then the default ("") virtual host."""
-        entry = self._exact.get(host)
-        if entry is not None:
-            return entry
-        _, dot, parent = host.partition(".")
-        if dot and parent:
-            entry = self._wildcard.get(parent)
-            if entry is not None:
-                return entry
-        return self._default
+        return self._vhosts.lookup(host)
 
     def tls_row(self, host: str) -> TLSHost | None:
-        """The SNI-table row this name selects (same rule as the edge: exact, then wildcard)."""
-        row = self._tls_exact.get(host)
-        if row is not None:
-            return row
-        _, dot, parent = host.partition(".")
-        return self._tls_wildcard.get(parent) if dot and parent else None
+        """The SNI-table row this name selects: the edge's rule, by the same ``HostTable`` code."""
+        return self._tls_hosts.lookup(host)
 
     def route(self, req: RequestHead, https: bool, tls_row_host: str | None) -> Forward | Local:
         """Where one request goes, or the response the proxy gives itself."""

@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from dataplane import openssl, pem
 from dataplane.balancer import UpstreamPool
-from dataplane.http.parser import ChunkedDecoder, ParseError, ResponseHead, parse_response_head
+from dataplane.http.framing import BodyReader, ChunkedReader, HeadReader, LengthReader, ParseError, UntilCloseReader
+from dataplane.http.parser import ResponseHead, parse_response_head
 from dataplane.metrics import Metrics
 from dataplane.snapshot import CABundle, Certificate, Endpoint, Pool, UpstreamTLS
 
 if TYPE_CHECKING:
-    from dataplane.http.table import HTTPSettings
+    from dataplane.http.settings import HTTPSettings
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE_HEAD = 65536
-
-_IDLE, _WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF, _DONE, _TUNNEL, _CLOSED = range(8)
+# UpstreamConnection states (the client side has its own, ``connection._CL_*``): which body framing
+# applies is the body reader's business, not a state of its own.
+_UP_IDLE, _UP_HEAD, _UP_BODY, _UP_DONE, _UP_TUNNEL, _UP_CLOSED = range(6)
 
 
 class ConnectError(Exception):
@@ -136,6 +137,7 @@ class Upstream:
         self.metrics = metrics
         self.idle_timeout = settings.upstream_idle_timeout
         self.max_idle = settings.max_idle_per_endpoint
+        self.max_response_head = settings.max_response_head
         self.connects = 0  # connections opened (tests and debugging)
         self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -155,7 +157,7 @@ class Upstream:
         conns = self._idle.get(ep)
         while conns:
             conn = conns.pop()
-            if conn.state == _IDLE and conn.loop.time() - conn.idle_since < self.idle_timeout:
+            if conn.state == _UP_IDLE and conn.loop.time() - conn.idle_since < self.idle_timeout:
                 return conn
             conn.close()
         return None
@@ -248,12 +250,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
-        self.state = _IDLE
+        self.state = _UP_IDLE
         self.idle_since = 0.0
         self.got_bytes = False  # any response byte for the current exchange
         self._buf = bytearray()
-        self._remaining = 0
-        self._decoder: ChunkedDecoder | None = None
+        self._heads = HeadReader.for_responses(upstream.max_response_head)
+        self._body: BodyReader | None = None
         self._head_request = False
         self._reusable = True
         self._last_read = 0.0
@@ -271,10 +273,10 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         sink = self.sink
         state = self.state
-        if state == _TUNNEL and sink is not None:
+        if state == _UP_TUNNEL and sink is not None:
             sink.upstream_tunnel(data)
             return
-        if sink is None or state in (_IDLE, _DONE, _CLOSED):
+        if sink is None or state in (_UP_IDLE, _UP_DONE, _UP_CLOSED):
             self.close()  # unsolicited bytes: the connection is out of step
             return
         self._last_read = self.loop.time()
@@ -290,50 +292,33 @@ class UpstreamConnection(asyncio.Protocol):
     def _receive(self, data: bytes, sink: ResponseSink) -> None:
         while data:
             state = self.state
-            if state == _BODY_LENGTH:
-                rem = self._remaining
-                if len(data) <= rem:
-                    self._remaining = rem - len(data)
-                    sink.upstream_body(data)
-                    if self._remaining == 0:
-                        self._finish()
-                    return
-                sink.upstream_body(data[:rem])
-                self._reusable = False  # bytes beyond the declared length: do not trust this connection
-                self._finish()
-                return
-            if state == _BODY_CHUNKED:
-                assert self._decoder is not None
-                out: list[bytes] = []
-                used = self._decoder.feed(data, out)
-                for piece in out:
+            if state == _UP_BODY:
+                body = self._body
+                assert body is not None
+                pieces, used = body.feed(data)
+                for piece in pieces:
                     sink.upstream_body(piece)
-                if self._decoder.done:
+                if body.done:
                     if used < len(data):
-                        self._reusable = False
+                        self._reusable = False  # bytes beyond the framed body: do not trust this connection
                     self._finish()
                 return
-            if state == _BODY_EOF:
-                sink.upstream_body(data)
-                return
-            if state != _WAIT_HEAD:
+            if state != _UP_HEAD:
                 return
             buf = self._buf
             buf += data
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_RESPONSE_HEAD:
-                    raise ParseError(502, "response head too large")
+            head = self._heads.read(buf)
+            if head is None:
                 return
-            resp = parse_response_head(bytes(buf[:end]))
-            data = bytes(buf[end + 4:])
+            resp = parse_response_head(head)
+            data = bytes(buf)
             buf.clear()
             status = resp.status
             if status < 200 and status != 101:
                 sink.upstream_head(resp)  # interim (100 Continue, 103): the final response follows
                 continue
             if status == 101:
-                self.state = _TUNNEL
+                self.state = _UP_TUNNEL
                 self._cancel_timer()
                 sink.upstream_head(resp)
                 if data and self.sink is not None:
@@ -341,21 +326,22 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             if resp.close:
                 self._reusable = False
+            self.state = _UP_BODY
             if self._head_request or status in (204, 304):
-                self.state = _DONE
+                self.state = _UP_DONE
             elif resp.chunked:
-                self.state = _BODY_CHUNKED
-                self._decoder = ChunkedDecoder(502)
-            elif resp.content_length >= 0:
-                self._remaining = resp.content_length
-                self.state = _BODY_LENGTH if resp.content_length else _DONE
+                self._body = ChunkedReader(502)
+            elif resp.content_length > 0:
+                self._body = LengthReader(resp.content_length)
+            elif resp.content_length == 0:
+                self.state = _UP_DONE
             else:
-                self.state = _BODY_EOF
+                self._body = UntilCloseReader()
                 self._reusable = False
             sink.upstream_head(resp)
             if self.sink is None:
                 return
-            if self.state == _DONE:
+            if self.state == _UP_DONE:
                 if data:
                     self._reusable = False
                 self._finish()
@@ -363,19 +349,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
-        self.state = _CLOSED
+        self.state = _UP_CLOSED
         self._cancel_timer()
         sink = self.sink
         if sink is None:
             self.upstream.forget(self)
             return
-        if state == _BODY_EOF:
-            self.state = _DONE
+        body = self._body
+        if state == _UP_BODY and body is not None and body.ENDS_AT_EOF:  # the close is the end of the body
             self._reusable = False
             self.sink = None
-            self.state = _CLOSED
             sink.upstream_done()
-        elif state in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _TUNNEL):
+        elif state in (_UP_HEAD, _UP_BODY, _UP_TUNNEL):
             self.sink = None
             sink.upstream_lost(502, "closed", "upstream closed the connection before the response was complete")
 
@@ -398,11 +383,11 @@ class UpstreamConnection(asyncio.Protocol):
     def start(self, sink: ResponseSink, head: bytes, head_request: bool) -> None:
         """Begin one exchange: send the request head; the body follows through ``write``."""
         self.sink = sink
-        self.state = _WAIT_HEAD
+        self.state = _UP_HEAD
         self._head_request = head_request
         self._reusable = True
         self.got_bytes = False
-        self._decoder = None
+        self._body = None
         self._last_read = self.loop.time()
         if self._timer is None:
             self._timer = self.loop.call_later(self.upstream.spec.read_timeout, self._on_timer)
@@ -429,7 +414,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         self.resume_reading()
         self._cancel_timer()
-        if self.state == _DONE and self._reusable and request_complete and self.transport is not None \
+        if self.state == _UP_DONE and self._reusable and request_complete and self.transport is not None \
                 and not self.transport.is_closing():
             self.state = _IDLE
             self.upstream.put_idle(self)
@@ -439,8 +424,8 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self.sink = None
         self._cancel_timer()
-        if self.state != _CLOSED:
-            self.state = _CLOSED
+        if self.state != _UP_CLOSED:
+            self.state = _UP_CLOSED
             self.upstream.forget(self)
         if self.transport is not None:
             self.transport.close()
@@ -454,7 +439,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- internals ---
 
     def _finish(self) -> None:
-        self.state = _DONE
+        self.state = _UP_DONE
         self._cancel_timer()
         sink = self.sink
         if sink is not None:
@@ -484,7 +469,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         state = self.state
-        if self.sink is None or state not in (_WAIT_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_EOF, _TUNNEL):
+        if self.sink is None or state not in (_UP_HEAD, _UP_BODY, _UP_TUNNEL):
             return
         now = self.loop.time()
         next_at = float("inf")
@@ -498,7 +483,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(504, "send_timeout", "upstream did not accept the request in time")
                 return
             next_at = at
-        if state != _TUNNEL:  # an upgraded connection's silence is the client side's upgrade idle timeout
+        if state != _UP_TUNNEL:  # an upgraded connection's silence is the client side's upgrade idle timeout
             timeout = self.upstream.spec.read_timeout
             elapsed = now - self._last_read
             if self._read_paused or elapsed < timeout:

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from dataplane import pem
 from dataplane.http.connection import ConnectionInfo, HTTPProtocol
-from dataplane.http.table import HTTPSettings, HTTPTable, build_http_table
+from dataplane.http.settings import HTTPSettings
+from dataplane.http.table import HTTPTable, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import (
     CABundle,

@@ -13,7 +13,8 @@ import pytest
 
 from dataplane.echo import HTTPEcho
 from dataplane.http.connection import ConnectionInfo, HTTPProtocol
-from dataplane.http.table import HTTPSettings, TableRef, build_http_table
+from dataplane.http.settings import HTTPSettings
+from dataplane.http.table import TableRef, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.runtime import DataPlane
 from dataplane.snapshot import (

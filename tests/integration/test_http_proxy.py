@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from dataplane.http.table import HTTPSettings
+from dataplane.http.settings import HTTPSettings
 from tests.integration.http_fixtures import (
     LOCAL,
     Client,

@@ -8,7 +8,8 @@ import pytest
 
 from dataplane.http.parser import ParseError, parse_request_head
 from dataplane.http.path import PathError, normalize_path, route_path
-from dataplane.http.table import HTTPSettings, VHostEntry, build_http_table
+from dataplane.http.settings import HTTPSettings
+from dataplane.http.table import VHostEntry, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint, Pool, Route, Snapshot, VirtualHost
 

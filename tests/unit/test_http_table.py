@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 
 from dataplane.http.parser import parse_request_head
+from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import (
     TLS_CLOSE_AFTER,
     TLS_REFUSE,
     TLS_SAME,
     Forward,
-    HTTPSettings,
     Local,
     build_http_table,
     client_auth_gate,
