@@ -13,24 +13,66 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from dataplane import push_body, state_file
 from dataplane.gc_pause import gc_paused, parse_snapshot
+from dataplane.metrics import Metrics
 from dataplane.snapshot import MAX_GENERATION, Snapshot, SnapshotFormatError
-
-if TYPE_CHECKING:
-    from dataplane.runtime import DataPlane, DataPlaneConfig
 
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class Target(Protocol):
+    """What the admin API drives: ``runtime.DataPlane``. Named here, not imported, so ``runtime`` can
+    import this module without an import cycle."""
+
+    @property
+    def ready(self) -> bool: ...  # a snapshot is applied (If-None-Match: * answers 412 from then on)
+    @property
+    def serving(self) -> bool: ...  # every serving process is up, none draining (with ready: /readyz)
+    @property
+    def generation(self) -> int: ...
+    @property
+    def checksum(self) -> str | None: ...
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    async def apply_async(self, snapshot: Snapshot) -> list[str]: ...
+
+
+class Settings(Protocol):
+    """The admin listener's part of ``runtime.DataPlaneConfig``."""
+
+    @property
+    def bind(self) -> str: ...
+    @property
+    def admin_bind(self) -> str | None: ...
+    @property
+    def admin_port(self) -> int: ...
+    @property
+    def admin_cert_file(self) -> str | None: ...
+    @property
+    def admin_key_file(self) -> str | None: ...
+    @property
+    def admin_token(self) -> str | None: ...
+    @property
+    def admin_max_body(self) -> int: ...
+    @property
+    def state_file(self) -> str | None: ...
+
+
 class AdminConfigError(ValueError):
     """The admin listener would be unsafe or cannot start as configured."""
+
+
+class ApplyUnavailable(RuntimeError):
+    """The snapshot cannot be applied right now (a worker process is restarting): answered 503, push again."""
 
 
 def is_loopback(host: str) -> bool:
@@ -53,7 +95,7 @@ def bearer_ok(header: str | None, token: str | None) -> bool:
 
 
 class AdminServer:
-    def __init__(self, dataplane: DataPlane, config: DataPlaneConfig) -> None:
+    def __init__(self, dataplane: Target, config: Settings) -> None:
         self.dataplane = dataplane
         self.config = config
         self.bind = config.admin_bind if config.admin_bind is not None else config.bind
@@ -211,7 +253,11 @@ class AdminServer:
                             f"{self.dataplane.generation}"], **self._state()},
                 status=409,
             )
-        errors = await self.dataplane.apply_async(snapshot)
+        try:
+            errors = await self.dataplane.apply_async(snapshot)
+        except ApplyUnavailable as exc:
+            return web.json_response({"errors": [str(exc)], **self._state()}, status=503,
+                                     headers={"Retry-After": "1"})
         if errors:
             return web.json_response({"errors": errors}, status=422)
         if self.config.state_file:
@@ -227,9 +273,11 @@ class AdminServer:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.dataplane.ready:
-            return web.Response(text="ready\n")
-        return web.Response(text="no snapshot applied yet\n", status=503)
+        if not self.dataplane.ready:
+            return web.Response(text="no snapshot applied yet\n", status=503)
+        if not self.dataplane.serving:
+            return web.Response(text="a worker is restarting, or the data plane is draining\n", status=503)
+        return web.Response(text="ready\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.dataplane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})

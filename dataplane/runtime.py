@@ -15,9 +15,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from dataplane import pem
+from dataplane.admin import AdminServer
 from dataplane.edge import AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
 from dataplane.gc_pause import gc_paused
 from dataplane.http.connection import HTTPProtocol
@@ -26,9 +26,6 @@ from dataplane.http.table import HTTPTable, TableRef, build_http_table
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
-
-if TYPE_CHECKING:
-    from dataplane.admin import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +126,11 @@ class DataPlane:
     @property
     def snapshot(self) -> Snapshot:
         return self._applied.snapshot
+
+    @property
+    def serving(self) -> bool:
+        """Listening and not draining (the admin API's ``/readyz`` also needs ``ready``)."""
+        return self._started
 
     @property
     def https_port(self) -> int:
@@ -278,8 +280,6 @@ class DataPlane:
 
     async def start(self) -> None:
         """Bind the HTTPS, HTTP and admin listeners (port 0: the kernel picks; read the properties)."""
-        from dataplane.admin import AdminServer  # admin imports aiohttp; keep runtime importable without it
-
         cfg = self.config
         if cfg.admin_enabled:
             self._admin = AdminServer(self, cfg)
