@@ -15,15 +15,19 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 from controller.problems import ObjectRef, Problem
+from dataplane.snapshot import ClientAuthMode, InsecurePolicy, LoadBalance, ProxyProtocol, TLSVersion
 
 NATIVE = "portcullis.io/"
 NGINX = "nginx.ingress.kubernetes.io/"
 OPENSHIFT = "route.openshift.io/"
 
-MODES = ("passthrough", "offload", "reencrypt")
+# The settings' value types are the snapshot's own literals, so a parsed value needs no cast to reach it.
+Mode = Literal["passthrough", "offload", "reencrypt"]  # the TLS mode an annotation asks for
+ClientAuthSetting = ClientAuthMode | Literal["off"]  # ingress-nginx's "off" turns a compatible CA annotation off
+MODES: tuple[Mode, ...] = get_args(Mode)
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 # ASCII digits only: Python's \d and int() accept any Unicode digit (Arabic-Indic "10" is 10) and int() takes "1_0".
@@ -31,7 +35,7 @@ _DURATION = re.compile(r"^([0-9]{1,7}(?:\.[0-9]{1,6})?)(ms|s|m|h)?$", re.ASCII)
 _HSTS_MAX_AGE = re.compile(r"^max-age=([0-9]{1,10})$", re.IGNORECASE | re.ASCII)
 _INTEGER = re.compile(r"^[0-9]{1,9}$", re.ASCII)
 _SIZE = re.compile(r"^([0-9]{1,15})([kmg]?)$", re.IGNORECASE | re.ASCII)
-_TLS_PROTOCOLS = {"tlsv1.2": "1.2", "tlsv1.3": "1.3"}
+_TLS_PROTOCOLS: dict[str, TLSVersion] = {"tlsv1.2": "1.2", "tlsv1.3": "1.3"}
 _OLD_PROTOCOLS = ("sslv2", "sslv3", "tlsv1", "tlsv1.1")
 MAX_BODY_SIZE = 1 << 40  # 1 TiB: beyond any real limit, and exact in JSON
 
@@ -52,20 +56,20 @@ class Settings:
     problems ("ignored in passthrough mode", "Secret missing").
     """
 
-    mode: str | None = None
-    insecure_policy: str | None = None
+    mode: Mode | None = None
+    insecure_policy: InsecurePolicy | None = None
     hsts: str | None = None  # "" means off
     backend_ca_secret: SecretRef | None = None
     backend_server_name: str | None = None
     backend_verify: bool | None = None
     backend_client_secret: SecretRef | None = None
     client_auth_secret: SecretRef | None = None
-    client_auth: str | None = None  # required | optional | off (ingress-nginx "off")
+    client_auth: ClientAuthSetting | None = None
     client_auth_depth: int | None = None
     client_cert_headers: bool | None = None
-    proxy_protocol: str | None = None
-    tls_min_version: str | None = None
-    load_balance: str | None = None
+    proxy_protocol: ProxyProtocol | None = None
+    tls_min_version: TLSVersion | None = None
+    load_balance: LoadBalance | None = None
     connect_timeout: float | None = None
     read_timeout: float | None = None
     send_timeout: float | None = None
@@ -74,7 +78,7 @@ class Settings:
     tls_prefer_server_ciphers: bool | None = None
     client_auth_match_cn: str | None = None
     client_auth_error_page: str | None = None
-    backend_tls_versions: tuple[str, str] | None = None  # (min, max)
+    backend_tls_versions: tuple[TLSVersion, TLSVersion] | None = None  # (min, max)
     backend_ciphers: str | None = None
     backend_verify_depth: int | None = None
     allow_underscore_headers: bool | None = None
@@ -103,10 +107,14 @@ class Spec:
 # --- value parsers ----------------------------------------------------------------------------
 
 
-def choice(*allowed: str, aliases: Mapping[str, str] | None = None) -> Parser:
-    table = {a: a for a in allowed} | dict(aliases or {})
+T = TypeVar("T", bound=str)
 
-    def parse(value: str, _: Context) -> str:
+
+def choice(allowed: tuple[T, ...], aliases: Mapping[str, T] | None = None) -> Callable[[str, Context], T]:
+    """One of ``allowed`` (a literal type's ``get_args``, so the parser returns that type), case-insensitive."""
+    table: dict[str, T] = {a: a for a in allowed} | dict(aliases or {})
+
+    def parse(value: str, _: Context) -> T:
         key = value.strip().lower()
         if key not in table:
             raise ValueError(f"must be one of {', '.join(sorted(table))}")
@@ -226,7 +234,7 @@ def ciphers(value: str, _: Context) -> str:
     return text
 
 
-def tls_versions(value: str, _: Context) -> tuple[str, str]:
+def tls_versions(value: str, _: Context) -> tuple[TLSVersion, TLSVersion]:
     """ingress-nginx ``proxy-ssl-protocols`` (``TLSv1.2 TLSv1.3``) as (min, max); below TLS 1.2 is refused."""
     names = value.replace(",", " ").lower().split()
     if not names:
@@ -271,15 +279,17 @@ def nginx_match_cn(value: str, ctx: Context) -> str:
     return dn_regex(value, ctx)
 
 
-def nginx_verify_client(value: str, _: Context) -> str:
-    table = {"on": "required", "optional": "optional", "optional_no_ca": "optional_no_ca", "off": "off"}
+def nginx_verify_client(value: str, _: Context) -> ClientAuthSetting:
+    table: dict[str, ClientAuthSetting] = {
+        "on": "required", "optional": "optional", "optional_no_ca": "optional_no_ca", "off": "off",
+    }
     key = value.strip().lower()
     if key not in table:
         raise ValueError("must be on, optional, optional_no_ca or off")
     return table[key]
 
 
-def nginx_backend_protocol(value: str, _: Context) -> str | None:
+def nginx_backend_protocol(value: str, _: Context) -> Mode | None:
     key = value.strip().upper()
     if key == "HTTPS":
         return "reencrypt"
@@ -288,14 +298,14 @@ def nginx_backend_protocol(value: str, _: Context) -> str | None:
     raise ValueError("only HTTP and HTTPS are supported")
 
 
-def nginx_true_means(result: str) -> Parser:
-    def parse(value: str, ctx: Context) -> str | None:
+def nginx_true_means(result: T) -> Callable[[str, Context], T | None]:
+    def parse(value: str, ctx: Context) -> T | None:
         return result if boolean(value, ctx) else None
 
     return parse
 
 
-def nginx_ssl_redirect(value: str, ctx: Context) -> str:
+def nginx_ssl_redirect(value: str, ctx: Context) -> InsecurePolicy:
     return "redirect" if boolean(value, ctx) else "allow"
 
 
@@ -307,12 +317,17 @@ def nginx_server_name_switch(value: str, ctx: Context) -> None:
 
 # --- the table --------------------------------------------------------------------------------
 
-_MODE = choice(*MODES, aliases={"edge": "offload", "bridge": "reencrypt", "re-encrypt": "reencrypt"})
+_MODE = choice(MODES, aliases={"edge": "offload", "bridge": "reencrypt", "re-encrypt": "reencrypt"})
+_INSECURE_POLICIES: tuple[InsecurePolicy, ...] = get_args(InsecurePolicy)
+_CLIENT_AUTH_MODES: tuple[ClientAuthMode, ...] = get_args(ClientAuthMode)
+_PROXY_PROTOCOLS: tuple[ProxyProtocol, ...] = get_args(ProxyProtocol)
+_TLS_VERSIONS: tuple[TLSVersion, ...] = get_args(TLSVersion)
+_LOAD_BALANCES: tuple[LoadBalance, ...] = get_args(LoadBalance)
 
 SPECS: tuple[Spec, ...] = (
     Spec(NATIVE + "tls-mode", "mode", _MODE, "TLS handling for the Ingress's hosts",
          "passthrough | offload | reencrypt (edge, bridge, re-encrypt)"),
-    Spec(NATIVE + "insecure-policy", "insecure_policy", choice("redirect", "allow", "deny"),
+    Spec(NATIVE + "insecure-policy", "insecure_policy", choice(_INSECURE_POLICIES),
          "plain-HTTP behaviour for a TLS host (redirect is 308)", "redirect | allow | deny"),
     Spec(NATIVE + "hsts", "hsts", hsts, "Strict-Transport-Security on HTTPS responses",
          "max-age=N; includeSubDomains; preload | off"),
@@ -326,7 +341,7 @@ SPECS: tuple[Spec, ...] = (
          "client certificate presented to the backend (kubernetes.io/tls)", "Secret name"),
     Spec(NATIVE + "client-auth-secret", "client_auth_secret", secret_name,
          "verify client certificates at the edge (Secret key ca.crt, optional ca.crl)", "Secret name"),
-    Spec(NATIVE + "client-auth", "client_auth", choice("required", "optional", "optional_no_ca"),
+    Spec(NATIVE + "client-auth", "client_auth", choice(_CLIENT_AUTH_MODES),
          "optional: verify if given, pass the result on; optional_no_ca: accept any certificate, forward it "
          "marked unverified unless it verified", "required | optional | optional_no_ca"),
     Spec(NATIVE + "client-auth-match-cn", "client_auth_match_cn", dn_regex,
@@ -335,15 +350,15 @@ SPECS: tuple[Spec, ...] = (
          "missing, failed or unmatched client certificate: 302 to this URL", "http(s) URL"),
     Spec(NATIVE + "client-cert-headers", "client_cert_headers", boolean,
          "forward verified client certificate details as ssl-client-* headers", "true | false"),
-    Spec(NATIVE + "proxy-protocol", "proxy_protocol", choice("v1", "v2", "off"),
+    Spec(NATIVE + "proxy-protocol", "proxy_protocol", choice(_PROXY_PROTOCOLS),
          "PROXY header to passthrough backends", "v1 | v2 | off"),
-    Spec(NATIVE + "tls-min-version", "tls_min_version", choice("1.2", "1.3"), "minimum TLS version per host",
+    Spec(NATIVE + "tls-min-version", "tls_min_version", choice(_TLS_VERSIONS), "minimum TLS version per host",
          "1.2 | 1.3"),
     Spec(NATIVE + "tls-ciphers", "tls_ciphers", ciphers, "TLS 1.2 cipher list per host (TLS 1.3 suites are fixed)",
          "OpenSSL cipher list"),
     Spec(NATIVE + "tls-prefer-server-ciphers", "tls_prefer_server_ciphers", boolean,
          "server's cipher order wins (per host)", "true | false (true)"),
-    Spec(NATIVE + "load-balance", "load_balance", choice("round-robin", "least-conn", "client-ip-hash"),
+    Spec(NATIVE + "load-balance", "load_balance", choice(_LOAD_BALANCES),
          "endpoint choice", "round-robin | least-conn | client-ip-hash"),
     Spec(NATIVE + "connect-timeout", "connect_timeout", duration, "backend connect timeout", "duration (5s)"),
     Spec(NATIVE + "read-timeout", "read_timeout", duration, "backend read timeout", "duration (60s)"),
