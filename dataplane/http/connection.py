@@ -16,6 +16,15 @@ import asyncio
 import logging
 from typing import cast
 
+from dataplane.http.framing import (
+    LAST_CHUNK,
+    BodyReader,
+    ChunkedReader,
+    HeadReader,
+    LengthReader,
+    ParseError,
+    chunk,
+)
 from dataplane.http.headers import (
     CHUNKED,
     NO_BODY,
@@ -27,16 +36,7 @@ from dataplane.http.headers import (
     upstream_request_head,
 )
 from dataplane.http.info import ClientCert, ConnectionInfo, client_cert_from_ssl, complete_info
-from dataplane.http.parser import (
-    LAST_CHUNK,
-    ChunkedDecoder,
-    ParseError,
-    RequestHead,
-    ResponseHead,
-    chunk,
-    parse_request_head,
-    partial_head_error,
-)
+from dataplane.http.parser import RequestHead, ResponseHead, parse_request_head
 from dataplane.http.responses import REASONS, local_response
 from dataplane.http.table import (
     NO_HOST_LABEL,
@@ -58,7 +58,8 @@ __all__ = ["ClientCert", "ConnectionInfo", "HTTPProtocol", "client_cert_from_ssl
 
 log = logging.getLogger(__name__)
 
-_IDLE, _REQUEST, _TUNNEL, _CLOSED, _LINGER = range(5)
+# HTTPProtocol states (the upstream side has its own, ``upstream._UP_*``).
+_CL_IDLE, _CL_REQUEST, _CL_TUNNEL, _CL_CLOSED, _CL_LINGER = range(5)
 # After an error response to a request whose body was not read, input is read and dropped this long
 # before the close: closing with unread bytes sends a reset, which can destroy the response in flight.
 LINGER_SECONDS = 2.0
@@ -88,7 +89,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._state = _IDLE
+        settings = self._settings
+        self._heads = HeadReader(settings.max_request_line, settings.max_header_bytes, settings.max_headers)
+        self._state = _CL_IDLE
         self._paused = 0
         self._client_write_paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -103,8 +106,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._conn: UpstreamConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._up_head = b""
-        self._body_left = 0
-        self._decoder: ChunkedDecoder | None = None
+        self._body: BodyReader | None = None  # framing of the current request body (None: no body)
+        self._rechunk = False  # chunked request body: forwarded re-chunked, counted against ``_max_body``
         self._req_done = True
         self._resp_started = False
         self._framing = NO_BODY
@@ -142,14 +145,14 @@ class HTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state == _TUNNEL:
+        if state == _CL_TUNNEL:
             self._last_in = self._now()
             if self._conn is not None:
                 self._conn.write(data)
             return
-        if state >= _CLOSED:  # _CLOSED or _LINGER
+        if state >= _CL_CLOSED:  # _CL_CLOSED or _CL_LINGER
             return  # lingering: the rest of a refused body is read and dropped
-        if state == _IDLE:
+        if state == _CL_IDLE:
             if not self._buf:
                 self._deadline = self._now() + self._settings.header_timeout
             self._buf += data
@@ -158,30 +161,30 @@ class HTTPProtocol(asyncio.Protocol):
         buf = self._buf
         if not self._req_done:
             self._last_in = self._now()
-        if self._conn is not None and not self._req_done:
-            if not buf and self._decoder is None and len(data) <= self._body_left:
-                self._body_left -= len(data)  # fast path: forward without copying
-                self._conn.write(data)
-                if self._body_left == 0:
-                    self._request_sent()
-                return
-            buf += data
-            self._pump_body()
-        else:
-            buf += data
+            if self._conn is not None:
+                if not buf:  # fast path: frame the read itself (a content-length piece goes on uncopied)
+                    used = self._feed_body(data)
+                    if used < 0 or used == len(data):
+                        return
+                    data = data[used:]  # the start of a pipelined next request
+                else:
+                    buf += data
+                    self._pump_body()
+                    data = b""
+        buf += data
         if len(buf) > self._settings.max_body_buffer:
             self._pause(_P_BUFFER)
 
     def eof_received(self) -> bool | None:
         conn = self._conn
         up = conn.transport if conn is not None else None
-        if self._state == _TUNNEL and up is not None and up.can_write_eof():
+        if self._state == _CL_TUNNEL and up is not None and up.can_write_eof():
             up.write_eof()  # half-close through the tunnel
             return True
-        if self._state == _LINGER:
+        if self._state == _CL_LINGER:
             self._close()
             return None
-        if self._state == _REQUEST and self._req_done:
+        if self._state == _CL_REQUEST and self._req_done:
             # The client sent its whole request and then shut down its sending side: still answer it,
             # then close (asyncio ignores the True on TLS transports, which cannot half-close).
             self._keep_alive = False
@@ -189,7 +192,7 @@ class HTTPProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state = _CLOSED
+        self._state = _CL_CLOSED
         self._cancel_timer()
         if self._connecting is not None:
             self._connecting.cancel()
@@ -215,31 +218,12 @@ class HTTPProtocol(asyncio.Protocol):
     def _process(self) -> None:
         """Parse and start requests while the connection is idle and a whole head is buffered."""
         settings = self._settings
-        while self._state == _IDLE and self._buf:
-            buf = self._buf
-            if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
-                stripped = buf.lstrip(b"\r\n")
-                del buf[: len(buf) - len(stripped)]
-                if not buf:
-                    return
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                first = buf.find(b"\r\n")
-                if first < 0:
-                    if len(buf) > settings.max_request_line:
-                        self._reply(414, "request line too long", close=True)
-                elif first > settings.max_request_line:
-                    self._reply(414, "request line too long", close=True)
-                elif len(buf) - first > settings.max_header_bytes:
-                    self._reply(431, "request headers too large", close=True)
-                    return
-                error = partial_head_error(buf)
-                if error is not None:  # e.g. bare-LF lines: the CRLFCRLF waited for never comes
-                    self._reply(error.status, error.reason, close=True)
-                return
-            head = bytes(buf[:end])
-            del buf[: end + 4]
+        heads = self._heads
+        while self._state == _CL_IDLE and self._buf:
             try:
+                head = heads.read(self._buf)
+                if head is None:
+                    return
                 req = parse_request_head(head, settings.max_request_line, settings.max_header_bytes,
                                          settings.max_headers)
             except ParseError as exc:
@@ -248,7 +232,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._handle(req)
 
     def _handle(self, req: RequestHead) -> None:
-        self._state = _REQUEST
+        self._state = _CL_REQUEST
         self._req = req
         self._started = self._now()
         table = self._table = self._ref.table
@@ -289,8 +273,9 @@ class HTTPProtocol(asyncio.Protocol):
         if req.has_body:
             self._last_in = self._started
             self._arm(self._started + self._settings.client_body_timeout)
-        self._body_left = req.content_length if req.content_length > 0 else 0
-        self._decoder = ChunkedDecoder() if req.chunked else None
+        self._rechunk = req.chunked
+        self._body = ChunkedReader() if req.chunked else (
+            LengthReader(req.content_length) if req.content_length > 0 else None)
         self._req_done = not req.has_body
         self._resp_started = False
         self._tried = []
@@ -332,7 +317,7 @@ class HTTPProtocol(asyncio.Protocol):
         (its SNI row's client auth, mode or existence changed) closes now. One whose certificate only
         was rotated serves its next request (then closes): a close racing a request the client just
         sent would fail it, and renewals are frequent."""
-        if self._state != _IDLE or self._buf or not self._https:
+        if self._state != _CL_IDLE or self._buf or not self._https:
             return
         table = self._ref.table
         if table is self._checked:
@@ -371,14 +356,14 @@ class HTTPProtocol(asyncio.Protocol):
             conn = await upstream.connect(ep)
         except ConnectError as err:
             self._connecting = None
-            if self._state != _REQUEST:
+            if self._state != _CL_REQUEST:
                 return
             self._tried.append(ep)
             self._last_error = err
             self._send(fresh=True)
             return
         self._connecting = None
-        if self._state != _REQUEST:
+        if self._state != _CL_REQUEST:
             conn.close()
             return
         self._attach(conn, reused=False)
@@ -399,43 +384,44 @@ class HTTPProtocol(asyncio.Protocol):
     # --- request bodies ---------------------------------------------------------------------
 
     def _pump_body(self) -> None:
-        conn = self._conn
+        """Forward what the buffer holds of the request body (the connection to the backend is ready)."""
         buf = self._buf
-        if conn is None or self._req_done or not buf:
+        if self._conn is None or self._req_done or not buf:
             return
-        decoder = self._decoder
-        if decoder is None:
-            n = self._body_left
-            if len(buf) <= n:
-                conn.write(bytes(buf))
-                self._body_left = n - len(buf)
-                buf.clear()
-            else:
-                conn.write(bytes(buf[:n]))
-                del buf[:n]
-                self._body_left = 0
-            if self._body_left == 0:
-                self._request_sent()
-        else:
-            out: list[bytes] = []
-            try:
-                used = decoder.feed(bytes(buf), out)
-            except ParseError as exc:
-                self._body_error(exc)
-                return
-            del buf[:used]
-            if self._max_body:
-                self._body_seen += sum(map(len, out))
-                if self._body_seen > self._max_body:
-                    self._body_error(ParseError(413, "request body too large"))
-                    return
-            if out:
-                conn.write(chunk(b"".join(out)) if len(out) > 1 else chunk(out[0]))
-            if decoder.done:
-                conn.write(LAST_CHUNK)
-                self._request_sent()
+        used = self._feed_body(bytes(buf))
+        if used < 0:
+            return
+        del buf[:used]
         if self._paused & _P_BUFFER and len(buf) <= self._settings.max_body_buffer:
             self._unpause(_P_BUFFER)
+
+    def _feed_body(self, data: bytes) -> int:
+        """Frame ``data`` as request body and write it to the backend: bytes consumed (the rest
+        belongs to the next request), or -1 after a framing error (answered, connection closing)."""
+        body = self._body
+        conn = self._conn
+        assert body is not None and conn is not None
+        try:
+            pieces, used = body.feed(data)
+        except ParseError as exc:
+            self._body_error(exc)
+            return -1
+        if self._rechunk:
+            if self._max_body:
+                self._body_seen += sum(map(len, pieces))
+                if self._body_seen > self._max_body:
+                    self._body_error(ParseError(413, "request body too large"))
+                    return -1
+            if pieces:
+                conn.write(chunk(b"".join(pieces)) if len(pieces) > 1 else chunk(pieces[0]))
+            if body.done:
+                conn.write(LAST_CHUNK)
+        else:
+            for piece in pieces:
+                conn.write(piece)
+        if body.done:
+            self._request_sent()
+        return used
 
     def _request_sent(self) -> None:
         self._req_done = True
@@ -466,7 +452,7 @@ class HTTPProtocol(asyncio.Protocol):
             upgrade = next((line.partition(b":")[2].strip() for name, line in resp.headers if name == b"upgrade"),
                            req.upgrade)
             transport.write(client_response_head(resp, NO_BODY, True, req.version, self._hsts, upgrade))
-            self._state = _TUNNEL
+            self._state = _CL_TUNNEL
             self._resp_started = True
             self._last_in = self._last_out = now = self._now()
             self._arm(now + self._settings.upgrade_idle_timeout)
@@ -518,7 +504,7 @@ class HTTPProtocol(asyncio.Protocol):
             if self._upstream is not None:
                 self._upstream.balancer.finished(conn.endpoint)
             conn.release(self._req_done)
-        if not self._keep_alive or not self._req_done or self._state != _REQUEST:
+        if not self._keep_alive or not self._req_done or self._state != _CL_REQUEST:
             self._close()
             return
         self._enter_idle(self._settings.keepalive_timeout)
@@ -532,7 +518,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._conn = None
         if conn is not None and self._upstream is not None:
             self._upstream.balancer.finished(conn.endpoint)
-        if self._state == _TUNNEL or self._resp_started:
+        if self._state == _CL_TUNNEL or self._resp_started:
             self.upstream_flush()
             self._close()  # a response already under way cannot become an error response
             return
@@ -573,9 +559,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _reply(self, status: int, message: str, close: bool, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         transport = self._transport
-        if transport is None or self._state >= _CLOSED:
+        if transport is None or self._state >= _CL_CLOSED:
             return
-        req = self._req if self._state == _REQUEST else None
+        req = self._req if self._state == _CL_REQUEST else None
         head_only = req is not None and req.method == b"HEAD"
         transport.write(local_response(status, message, close, extra, head_only))
         self._table.count(self._label if req is not None else NO_HOST_LABEL, status)
@@ -589,7 +575,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._enter_idle(self._settings.keepalive_timeout)
 
     def _enter_idle(self, timeout: float) -> None:
-        self._state = _IDLE
+        self._state = _CL_IDLE
         self._req = None
         self._upstream = None
         self._label = NO_HOST_LABEL
@@ -605,14 +591,14 @@ class HTTPProtocol(asyncio.Protocol):
             if timer.when() <= deadline:
                 return
             timer.cancel()
-        if self._loop is not None and self._state != _CLOSED:
+        if self._loop is not None and self._state != _CL_CLOSED:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         loop = self._loop
         state = self._state
-        if loop is None or state == _CLOSED:
+        if loop is None or state == _CL_CLOSED:
             return
         now = loop.time()
         settings = self._settings
@@ -626,19 +612,19 @@ class HTTPProtocol(asyncio.Protocol):
                 self._timed_out("client_send")
                 return
             next_at = at
-        if state == _LINGER:
+        if state == _CL_LINGER:
             if self._deadline <= now:
                 self._close()
                 return
             next_at = min(next_at, self._deadline)
-        elif state == _IDLE:
+        elif state == _CL_IDLE:
             if self._deadline <= now:
                 if self._buf:
                     self._count_timeout("client_header")
                 self._close()
                 return
             next_at = min(next_at, self._deadline)
-        elif state == _TUNNEL:
+        elif state == _CL_TUNNEL:
             at = max(self._last_in, self._last_out) + settings.upgrade_idle_timeout
             if at <= now:
                 self._timed_out("upgrade_idle")
@@ -665,7 +651,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._drop_upstream(abort=True)
         if reason == "client_send" and self._transport is not None:
-            self._state = _CLOSED
+            self._state = _CL_CLOSED
             self._cancel_timer()
             self._transport.abort()  # its write buffer will never drain: do not wait for it
             return
@@ -687,7 +673,7 @@ class HTTPProtocol(asyncio.Protocol):
         """Close after an error response while the client may still be sending the refused body:
         half-close (plain TCP), read and drop its bytes until it closes or ``LINGER_SECONDS`` pass."""
         self._drop_upstream(abort=True)
-        self._state = _LINGER
+        self._state = _CL_LINGER
         self._buf.clear()
         transport = self._transport
         assert transport is not None
@@ -700,7 +686,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._arm(self._deadline)
 
     def _close(self) -> None:
-        self._state = _CLOSED
+        self._state = _CL_CLOSED
         self._cancel_timer()
         self._drop_upstream()
         if self._transport is not None:
@@ -720,9 +706,9 @@ class HTTPProtocol(asyncio.Protocol):
         if not self._paused:
             return
         self._paused &= ~flag
-        if not self._paused and self._transport is not None and self._state != _CLOSED:
+        if not self._paused and self._transport is not None and self._state != _CL_CLOSED:
             self._transport.resume_reading()
-            if self._state == _REQUEST and not self._req_done:  # the body clock restarts with reading
+            if self._state == _CL_REQUEST and not self._req_done:  # the body clock restarts with reading
                 self._last_in = now = self._now()
                 self._arm(now + self._settings.client_body_timeout)
 

@@ -1,9 +1,10 @@
-"""Strict HTTP/1.1 message-head and chunked-body parsing (pure, no I/O).
+"""Strict HTTP/1.1 message-head parsing (pure, no I/O): what a complete head means.
 
-Why not httptools: a reverse proxy must stop exactly at the end of one request and not look at the
-next pipelined one until the response is done (else it has to buffer it unboundedly or forward two
-requests at once). llhttp through httptools cannot pause between messages nor report how many bytes
-it consumed, so the framing is done here, where every smuggling rule is explicit:
+Where a head or a body ends is ``dataplane/http/framing.py`` (``HeadReader``, the body readers; their
+names are re-exported here). Why a parser of our own rather than llhttp/httptools: the proxy forwards
+header lines as the client spelled them (``RequestHead.headers`` keeps the raw line), forwards a
+content-length body without copying it, keeps every smuggling rule in one place and pays less per
+request than a callback-per-header binding. The rules:
 
 - ``Content-Length`` together with ``Transfer-Encoding`` -> 400;
 - several ``Content-Length`` values that differ -> 400 (equal copies are collapsed);
@@ -27,28 +28,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dataplane.http.framing import FORBIDDEN as _FORBIDDEN
+from dataplane.http.framing import (
+    LAST_CHUNK,
+    TOKEN,
+    ChunkedReader,
+    ParseError,
+    chunk,
+    partial_head_error,
+)
 from dataplane.http.path import PathError, normalize_path
 
-TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Control bytes other than HTAB, CR and LF anywhere in a head are never valid.
-_FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+__all__ = [
+    "LAST_CHUNK", "TOKEN", "ChunkedReader", "ParseError", "RequestHead", "ResponseHead", "canonical_name", "chunk",
+    "parse_request_head", "parse_response_head", "partial_head_error",
+]
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS = re.compile(rb"[0-9]{3}")
 
-MAX_CHUNK_LINE = 4096
 DEFAULT_MAX_HEADERS = 100
-MAX_TRAILER_BYTES = 16384
-
-
-class ParseError(Exception):
-    """A message the proxy must refuse; ``status`` is what the client gets (then the connection closes)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -99,18 +98,6 @@ def canonical_name(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
-def partial_head_error(buf: bytes | bytearray) -> ParseError | None:
-    """Whether an incomplete request head (no blank line yet) is already invalid, so the client gets
-    its 400 now instead of waiting for a blank CRLF line that a bare-LF client never sends."""
-    lf = buf.count(b"\n")
-    if lf and lf != buf.count(b"\r\n"):
-        return ParseError(400, "bare LF in request head (lines must end with CRLF)")
-    cr = buf.count(b"\r")
-    if cr != lf and (cr != lf + 1 or buf[-1] != 13):
-        return ParseError(400, "bare CR in request head")
-    return None
-
-
 def _split_target(target: bytes) -> tuple[bytes, str]:
     """Normalise an origin-form target: ``(canonical path + raw query, routing path)``."""
     raw, q, query = target.partition(b"?")
@@ -151,11 +138,8 @@ def _tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip(b" \t").lower() for t in value.split(b","))
 
 
-def parse_request_head(
-    head: bytes, max_request_line: int, max_header_bytes: int, max_headers: int = DEFAULT_MAX_HEADERS
-) -> RequestHead:
-    """Parse a request head (everything before the blank line, without the final CRLFCRLF)."""
-    line_end = head.find(b"\r\n")
+def _request_line(head: bytes, line_end: int, max_request_line: int, max_header_bytes: int) -> tuple[bytes, bytes, int]:
+    """Limits, forbidden bytes and the request line: ``(method, raw target, version)``."""
     request_line = head if line_end < 0 else head[:line_end]
     if len(request_line) > max_request_line:
         raise ParseError(414, "request line too long")
@@ -178,76 +162,100 @@ def parse_request_head(
         raise ParseError(400, "malformed HTTP version")
     if not target or not target.isascii():
         raise ParseError(400, "malformed request target")
+    return method, target, version
 
-    absolute_host: bytes | None = None
-    if target[0] != 47:  # "/"
-        if target == b"*" and method == b"OPTIONS":
-            pass
-        else:
-            lower = target[:8].lower()
-            if lower.startswith(b"http://") or lower.startswith(b"https://"):
-                rest = target[target.index(b"//") + 2:]
-                slash = rest.find(b"/")
-                cut = min((i for i in (slash, rest.find(b"?")) if i >= 0), default=len(rest))
-                absolute_host = rest[:cut]
-                if b"@" in absolute_host or _HOST.fullmatch(absolute_host) is None or not absolute_host:
-                    raise ParseError(400, "malformed request target")
-                target = rest[cut:] or b"/"
-                if target[0] != 47:
-                    target = b"/" + target
-            else:
-                raise ParseError(400, "unsupported request target form")
 
-    headers: list[tuple[bytes, bytes]] = []
+def _absolute_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
+    """A target that is not origin-form: ``OPTIONS *`` stays, absolute-form becomes
+    ``(origin-form target, authority)``; any other form is refused."""
+    if target == b"*" and method == b"OPTIONS":
+        return target, None
+    lower = target[:8].lower()
+    if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
+        raise ParseError(400, "unsupported request target form")
+    rest = target[target.index(b"//") + 2:]
+    slash = rest.find(b"/")
+    cut = min((i for i in (slash, rest.find(b"?")) if i >= 0), default=len(rest))
+    authority = rest[:cut]
+    if b"@" in authority or _HOST.fullmatch(authority) is None or not authority:
+        raise ParseError(400, "malformed request target")
+    target = rest[cut:] or b"/"
+    if target[0] != 47:
+        target = b"/" + target
+    return target, authority
+
+
+@dataclass(slots=True)
+class _Fields:
+    """What the framing and routing need from the header fields of one request."""
+
+    headers: list[tuple[bytes, bytes]]
     host: bytes | None = None
-    content_length = -1
-    chunked = False
+    content_length: int = -1
+    chunked: bool = False
     connection: frozenset[bytes] = frozenset()
-    upgrade = b""
-    request_id = b""
-    lines = head[line_end + 2:].split(b"\r\n") if line_end >= 0 else []
+    upgrade: bytes = b""
+    request_id: bytes = b""
+
+
+def _request_fields(lines: list[bytes], max_headers: int) -> _Fields:
     if len(lines) > max_headers:
         raise ParseError(431, f"more than {max_headers} request headers")
+    f = _Fields([])
+    headers = f.headers
     for lname, line, value in _header_lines(lines, 400):
         headers.append((lname, line))
         if lname == b"host":
-            if host is not None:
+            if f.host is not None:
                 raise ParseError(400, "duplicate Host header")
             if _HOST.fullmatch(value) is None:
                 raise ParseError(400, "malformed Host header")
-            host = value
+            f.host = value
         elif lname == b"content-length":
-            content_length = _content_length(value, content_length, 400)
+            f.content_length = _content_length(value, f.content_length, 400)
         elif lname == b"transfer-encoding":
-            if chunked or value.lower() != b"chunked":
+            if f.chunked or value.lower() != b"chunked":
                 raise ParseError(400, "unsupported Transfer-Encoding")
-            chunked = True
+            f.chunked = True
         elif lname == b"connection":
-            connection = connection | _tokens(value)
+            f.connection = f.connection | _tokens(value)
         elif lname == b"upgrade":
-            upgrade = value
+            f.upgrade = value
         elif lname == b"x-request-id":
-            request_id = value
-    if chunked and content_length != -1:
+            f.request_id = value
+    return f
+
+
+def parse_request_head(
+    head: bytes, max_request_line: int, max_header_bytes: int, max_headers: int = DEFAULT_MAX_HEADERS
+) -> RequestHead:
+    """Parse a request head (everything before the blank line, without the final CRLFCRLF)."""
+    line_end = head.find(b"\r\n")
+    method, target, version = _request_line(head, line_end, max_request_line, max_header_bytes)
+    absolute_host: bytes | None = None
+    if target[0] != 47:  # "/"
+        target, absolute_host = _absolute_target(method, target)
+    f = _request_fields(head[line_end + 2:].split(b"\r\n") if line_end >= 0 else [], max_headers)
+    chunked = f.chunked
+    if chunked and f.content_length != -1:
         raise ParseError(400, "both Content-Length and Transfer-Encoding")
     if chunked and version == 10:
         raise ParseError(400, "Transfer-Encoding on HTTP/1.0")
-    if absolute_host is not None:
-        host = absolute_host
-    elif host is None:
+    host = absolute_host if absolute_host is not None else f.host
+    if host is None:
         if version == 11:
             raise ParseError(400, "missing Host header")
         host = b""
-    if b"upgrade" not in connection:
-        upgrade = b""
+    connection = f.connection
+    upgrade = f.upgrade if b"upgrade" in connection else b""
     keep_alive = b"close" not in connection if version == 11 else b"keep-alive" in connection
     if target == b"*":
         path = "*"
     else:
         target, path = _split_target(target)
     return RequestHead(
-        method, target, path, version, headers, host, content_length, chunked, keep_alive, upgrade,
-        connection, request_id,
+        method, target, path, version, f.headers, host, f.content_length, chunked, keep_alive, upgrade,
+        connection, f.request_id,
     )
 
 
@@ -288,89 +296,19 @@ def parse_response_head(head: bytes) -> ResponseHead:
     return ResponseHead(version, int(code), reason, headers, content_length, chunked, close, connection)
 
 
-# --- chunked bodies ------------------------------------------------------------------------------
-
-_SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
-
-
-class ChunkedDecoder:
-    """Incremental, strict chunked decoder. ``feed`` appends body pieces to ``out`` and returns how
-    many input bytes belong to this message (the rest is whatever follows it on the connection)."""
-
-    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "status")
-
-    def __init__(self, status: int = 400) -> None:
-        self._state = _SIZE
-        self._remaining = 0
-        self._line = bytearray()
-        self._trailer_bytes = 0
-        self.status = status
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
-
-    def feed(self, data: bytes, out: list[bytes]) -> int:
-        i = 0
-        n = len(data)
-        while i < n:
-            state = self._state
-            if state == _DATA:
-                take = min(self._remaining, n - i)
-                out.append(data[i:i + take] if (i or take != n) else data)
-                i += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = _DATA_CRLF
-            elif state == _DONE:
-                return i
-            else:
-                j = data.find(b"\n", i)
-                if j < 0:
-                    self._line += data[i:]
-                    self._check_line_length()
-                    return n
-                self._line += data[i:j + 1]
-                i = j + 1
-                self._check_line_length()
-                line = bytes(self._line)
-                self._line.clear()
-                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                    raise ParseError(self.status, "bare CR or LF in chunked framing")
-                self._line_done(line[:-2])
-        return i
-
-    def _check_line_length(self) -> None:
-        if len(self._line) > MAX_CHUNK_LINE:
-            raise ParseError(self.status, "chunk size line too long")
-
-    def _line_done(self, line: bytes) -> None:
-        state = self._state
-        if state == _SIZE:
-            size, _, ext = line.partition(b";")
-            if _HEX.fullmatch(size) is None or _FORBIDDEN.search(ext) is not None:
-                raise ParseError(self.status, "invalid chunk size")
-            self._remaining = int(size, 16)
-            self._state = _DATA if self._remaining else _TRAILER
-        elif state == _DATA_CRLF:
-            if line:
-                raise ParseError(self.status, "missing CRLF after chunk data")
-            self._state = _SIZE
-        else:  # trailer section: validated and dropped
-            if not line:
-                self._state = _DONE
-                return
-            self._trailer_bytes += len(line)
-            if self._trailer_bytes > MAX_TRAILER_BYTES:
-                raise ParseError(self.status, "trailer section too large")
-            name, colon, _ = line.partition(b":")
-            if not colon or TOKEN.fullmatch(name) is None or _FORBIDDEN.search(line) is not None:
-                raise ParseError(self.status, "malformed trailer")
-
-
-def chunk(data: bytes) -> bytes:
-    """One chunk of chunked transfer coding."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-LAST_CHUNK = b"0\r\n\r\n"
+# --- implementation choice ---------------------------------------------------------------------
+# dataplane/http/_headparser.c gives the same RequestHead, or the same ParseError, as the function
+# above for every input (tests/unit/test_http_parser_c.py runs the two against each other) at a
+# fraction of the cost; the Python function stays as the reference and the fallback when the
+# extension was not built (no C compiler at install time).
+parse_request_head_py = parse_request_head
+PARSER_IMPLEMENTATION = "python"
+try:
+    from dataplane.http._headparser import HeadParser as _HeadParser
+except ImportError:  # pragma: no cover - depends on how the package was installed
+    pass
+else:
+    parse_request_head = _HeadParser(  # type: ignore[assignment]
+        parse_request_head_py, RequestHead, ParseError, _split_target
+    )
+    PARSER_IMPLEMENTATION = "c"

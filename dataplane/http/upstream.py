@@ -416,7 +416,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.state == _UP_DONE and self._reusable and request_complete and self.transport is not None \
                 and not self.transport.is_closing():
-            self.state = _IDLE
+            self.state = _UP_IDLE
             self.upstream.put_idle(self)
         else:
             self.close()
