@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 
@@ -229,6 +230,42 @@ async def test_pipelined_requests_answered_in_order() -> None:
         paths = [(await client.response()).json()["path"] for _ in range(5)]
         assert paths == [f"/p/{i}" for i in range(5)]
         assert backend.requests[3]["body_len"] == 3
+        await client.close()
+    backend.close()
+
+
+async def test_pipelined_request_reaches_the_backend_only_after_the_previous_response() -> None:
+    """The order above would hold even if the proxy forwarded all requests at once (the echo backend
+    answers in order): here the backend sends half of response N, the client receives that half through
+    the proxy, and only then does the backend look for request N+1 bytes; none may have arrived."""
+    early: list[bytes] = []
+    halves = [asyncio.Event() for _ in range(3)]
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: RawBackend) -> None:
+        for half in halves:
+            head = await reader.readuntil(b"\r\n\r\n")
+            backend.received.append(head.partition(b"\r\n")[0])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+            await writer.drain()
+            await half.wait()  # the client holds the first half: the proxy is inside response N
+            with contextlib.suppress(TimeoutError):  # request N+1 must not be here yet
+                early.append(await asyncio.wait_for(reader.read(1), 0.3))
+            writer.write(b"cd")
+            await writer.drain()
+
+    backend = await start_raw(script)
+    async with proxy(await simple_snapshot(backend)) as px:
+        client = await Client.open(px.port)
+        await client.send(b"".join(b"GET /p/%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(3)))
+        for half in halves:
+            head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert await asyncio.wait_for(client.reader.readexactly(2), 10) == b"ab"
+            half.set()
+            assert await asyncio.wait_for(client.reader.readexactly(2), 10) == b"cd"
+        assert early == []
+        assert backend.received == [b"GET /p/%d HTTP/1.1" % i for i in range(3)]
+        assert backend.connections == 1
         await client.close()
     backend.close()
 
