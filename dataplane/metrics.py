@@ -17,7 +17,8 @@ class Metrics:
             p + "connections", "Accepted connections by listener and TLS mode", ["listener", "mode"], registry=r
         )
         self.active_connections = Gauge(
-            p + "active_connections", "Open client connections", ["listener", "mode"], registry=r
+            p + "active_connections", "Open client connections", ["listener", "mode"], registry=r,
+            multiprocess_mode="livesum",  # --workers N: the open connections of the pod, live workers only
         )
         self.handshakes = Counter(
             p + "tls_handshakes", "TLS handshakes at the edge by result and failure reason", ["result", "reason"],
@@ -55,13 +56,17 @@ class Metrics:
         self._dropped_trusted = self.dropped_request_headers.labels("trusted")
         self._dropped_underscore = self.dropped_request_headers.labels("underscore")
         self.insecure_upstreams = Gauge(
-            p + "insecure_upstream_pools", "Pools with backend certificate verification turned off", registry=r
+            p + "insecure_upstream_pools", "Pools with backend certificate verification turned off", registry=r,
+            multiprocess_mode="livemax",  # every worker serves the same snapshot
         )
         self.bytes = Counter(
             p + "bytes", "Bytes relayed by direction (in: from clients, out: to clients) and mode",
             ["direction", "mode"], registry=r,
         )
-        self.snapshot_generation = Gauge(p + "snapshot_generation", "Generation of the applied snapshot", registry=r)
+        # The snapshot_* and certificate series are reported by the supervisor under --workers N
+        # (dataplane/workers.py): one push is one apply, whatever the number of workers.
+        self.snapshot_generation = Gauge(p + "snapshot_generation", "Generation of the applied snapshot", registry=r,
+                                         multiprocess_mode="livemin")
         self.snapshot_applies = Counter(
             p + "snapshot_applies", "Snapshot apply attempts by result", ["result"], registry=r
         )
@@ -70,7 +75,11 @@ class Metrics:
         )
         self.certificate_not_after = Gauge(
             p + "certificate_not_after_seconds", "Expiry (unix time) of each served certificate",
-            ["certificate", "names"], registry=r,
+            ["certificate", "names"], registry=r, multiprocess_mode="livemax",
+        )
+        self.worker_connections = Counter(
+            p + "worker_connections", "Connections handed to the HTTP engine or a tunnel, by worker process "
+            "(--workers N: how the kernel spreads new connections across them)", ["worker"], registry=r,
         )
 
     def count_dropped_headers(self, trusted: int, underscore: int) -> None:

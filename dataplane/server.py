@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-headers", type=int, default=_default("max-headers", 100, int),
         help="request header lines allowed per request (431 beyond)")
     add("--workers", type=int, default=_default("workers", 1, int),
-        help="worker processes per pod (only 1 in this version)")
+        help="serving processes per pod, each with its own event loop and SO_REUSEPORT listeners, behind one "
+             "admin API in a supervising process (1: one process serves all)")
     add("--client-send-timeout", type=float, default=_default("client-send-timeout", 60.0, float),
         help="seconds a client may accept none of the response bytes waiting for it before both sides close")
     add("--client-body-timeout", type=float, default=_default("client-body-timeout", 60.0, float),
@@ -175,6 +176,42 @@ async def serve(config: DataPlaneConfig, ready: Callable[[DataPlane], None] | No
     return 0
 
 
+async def serve_workers(config: DataPlaneConfig, workers: int, log_level: str = "info",
+                        log_format: str = "json") -> int:
+    """``--workers N`` above 1: a supervisor (admin API, no client traffic) and N serving processes."""
+    from dataplane.admin import AdminServer
+    from dataplane.workers import WorkerPool
+
+    pool = WorkerPool(config, workers, log_level, log_format)
+    admin = AdminServer(pool, config)
+    try:
+        admin.check_config()
+        await pool.start()
+        await admin.start()  # restores --state-file through the pool: every worker serves it before readyz
+    except AdminConfigError as exc:
+        await pool.stop(drain_timeout=0)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        await pool.stop(drain_timeout=0)
+        print(f"error: cannot bind a listener: {exc}", file=sys.stderr)
+        return 1
+    if config.admin_token is None:
+        log.warning("no --admin-token-file: snapshot pushes will be refused (401)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"portcullis dataplane: https {pool.https_port}, http {pool.http_port}, admin {admin.port}, "
+          f"workers {workers}", file=sys.stderr, flush=True)
+    await stop.wait()
+    log.info("stopping: every worker drains its live connections", extra={"drain_timeout": config.drain_timeout})
+    await pool.stop()
+    await admin.stop()
+    log.info("stopped")
+    return 0
+
+
 def _runner(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
@@ -186,10 +223,8 @@ def _runner(main: Coroutine[Any, Any, int]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
-    if args.workers != 1:
-        # Refused rather than ignored: a silently single-process pod would be sized wrongly.
-        print(f"error: --workers {args.workers}: this version runs one worker process per pod; "
-              "scale with replicas (or the chart's autoscaling)", file=sys.stderr)
+    if not 1 <= args.workers <= 256:
+        print(f"error: --workers {args.workers}: give 1 to 256 serving processes", file=sys.stderr)
         return 2
     try:
         config = config_from_args(args)
@@ -197,5 +232,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
+        if args.workers > 1:
+            return _runner(serve_workers(config, args.workers, args.log_level, args.log_format))
         return _runner(serve(config))
     return 0
