@@ -40,7 +40,7 @@ e2e: install system-deps
 
 # The embedded default: the example backends and Portcullis serving deploy/examples on 127.0.0.1.
 local: install
-	$(BIN)/python -m dataplane.echo --examples deploy/examples & echo_pid=$$!; \
+	$(BIN)/python -m examples.backends --examples deploy/examples & echo_pid=$$!; \
 	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/portcullis local -f deploy/examples
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplane.echo import HTTPEcho, TLSEcho, server_context
+from examples.backends import HTTPEcho, TLSEcho, server_context
 
 
 async def serve(args: argparse.Namespace) -> int:

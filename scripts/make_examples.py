@@ -95,7 +95,7 @@ def main() -> None:
         {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
          "metadata": {"name": "portcullis"}, "spec": {"controller": "portcullis.io/ingress-controller"}},
     ])
-    write("10-backends.yaml", "Backends served by `python -m dataplane.echo --examples deploy/examples` on 127.0.0.1.",
+    write("10-backends.yaml", "Backends served by `python -m examples.backends --examples deploy/examples` on 127.0.0.1.",
           [*backend("web", 80, "http", 9001),
            *backend("secure-web", 443, "https", 9443, "https"),
            *backend("tls-app", 443, "tls", 9444)])

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from dataplane.echo import TLSEcho, server_context
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import Certificate, ClientAuth, Endpoint, Pool, Snapshot, TLSHost, content_id
+from examples.backends import TLSEcho, server_context
 from tests.pki import CA, Issued
 
 TOKEN = "test-token-0123456789"

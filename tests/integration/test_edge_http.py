@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from dataplane.echo import HTTPEcho, server_context
 from dataplane.runtime import DataPlane
 from dataplane.snapshot import (
     CABundle,
@@ -27,6 +26,7 @@ from dataplane.snapshot import (
     VirtualHost,
     content_id,
 )
+from examples.backends import HTTPEcho, server_context
 from tests.integration.conftest import certificate, client_context, common_name, server_certificate, terminate_host
 from tests.pki import CA
 

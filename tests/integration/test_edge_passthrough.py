@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dataplane.echo import TLSEcho
 from dataplane.runtime import DataPlane, DataPlaneConfig
+from examples.backends import TLSEcho
 from tests.integration.conftest import TOKEN, client_context, passthrough_snapshot, raw_connect, tls_roundtrip
 from tests.pki import CA, Issued
 from tests.unit.test_clienthello import real_client_hello, split_records

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from dataplane.echo import HTTPEcho
 from dataplane.http.connection import ConnectionInfo, HTTPProtocol
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import TableRef, build_http_table
@@ -28,6 +27,7 @@ from dataplane.snapshot import (
     VirtualHost,
     content_id,
 )
+from examples.backends import HTTPEcho
 from tests.integration.conftest import certificate, client_context
 from tests.integration.http_fixtures import (
     LOCAL,

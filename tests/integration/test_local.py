@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dataplane.echo import HTTPEcho, TLSEcho, read_tls_secret, server_context
+from examples.backends import HTTPEcho, TLSEcho, describe_certificate, read_tls_secret, server_context
 from tests.pki import CA
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -69,7 +69,8 @@ async def backends(tmp_path: Path) -> AsyncIterator[Path]:
     shutil.copytree(EXAMPLES, folder)
     web = HTTPEcho("web")
     secure = HTTPEcho("secure-web", server_context(*read_tls_secret([str(folder)], "demo", "secure-web-serving")))
-    app = TLSEcho(server_context(*read_tls_secret([str(folder)], "demo", "tls-app-serving")), "tls-app")
+    app_cert = read_tls_secret([str(folder)], "demo", "tls-app-serving")
+    app = TLSEcho(server_context(*app_cert), "tls-app", http=True, certificate=describe_certificate(app_cert[0]))
     ports = {"web": await web.start(), "secure-web": await secure.start(), "tls-app": await app.start()}
     _point_backends(folder, ports)
     yield folder
@@ -140,10 +141,17 @@ async def test_passthrough_client_sees_the_backends_own_certificate(local: Local
                                                    server_hostname="direct.portcullis.test")
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     assert ssl.DER_cert_to_PEM_cert(der).split() == backend_cert.split()
-    writer.write(b"ping through the proxy\n")
+    writer.write(b"GET /through HTTP/1.1\r\nHost: direct.portcullis.test\r\n\r\n")
     await writer.drain()
-    assert await asyncio.wait_for(reader.readline(), 5) == b"ping through the proxy\n"
+    answer = await asyncio.wait_for(reader.read(), 5)  # the backend closes after one answer
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"server": "tls-app"' in answer
     writer.close()
+
+    # What the README shows: curl through the proxy, answered over the backend's own TLS.
+    echo = await asyncio.to_thread(local.echo, "direct.portcullis.test", "/seen?x=1")
+    assert echo["server"] == "tls-app" and echo["sni"] == "direct.portcullis.test" and echo["path"] == "/seen?x=1"
+    assert "direct.portcullis.test" in echo["certificate"]["dns_names"]
+    assert echo["proxy_protocol"] is None and echo["client"][0] == "127.0.0.1"  # the example sends no PROXY header
 
     s_client = await asyncio.to_thread(
         subprocess.run,
@@ -246,9 +254,25 @@ async def test_certificate_rotation_in_watched_files_keeps_open_connections(loca
     writer.close()
 
 
+def _stderr_report(process: subprocess.Popen[str], start: str, end: str) -> str:
+    """The process's stderr from the next line containing ``start`` through the line containing ``end``
+    (a report can span lines: YAML errors do); what was read so far at EOF."""
+    assert process.stderr is not None
+    text = ""
+    for line in process.stderr:
+        if text or start in line:
+            text += line
+            if end in line:
+                break
+    return text
+
+
 async def test_broken_edit_keeps_the_last_good_snapshot(local: Local) -> None:
     (local.folder / "31-edge.yaml").write_text("kind: Ingress\nmetadata: [")
-    await asyncio.sleep(1.0)
+    # Evidence the edit was read and refused, not just time passing: the watcher reports it.
+    report = await asyncio.wait_for(
+        asyncio.to_thread(_stderr_report, local.process, "cannot read manifests", "still serving generation"), 15)
+    assert "31-edge.yaml" in report and "still serving generation 1" in report, report
     assert local.process.poll() is None
     echo = await asyncio.to_thread(local.echo, "edge.portcullis.test")
     assert echo["server"] == "web"

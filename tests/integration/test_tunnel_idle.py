@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dataplane.echo import TLSEcho
 from dataplane.runtime import DataPlane, DataPlaneConfig
+from examples.backends import TLSEcho
 from tests.integration.conftest import client_context, passthrough_snapshot
 from tests.pki import CA, Issued
 

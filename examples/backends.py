@@ -2,12 +2,17 @@
 
 - ``HTTPEcho``: plain or HTTPS; every request gets a JSON description of itself (method, path,
   headers, body, peer, TLS details), and ``Upgrade: websocket`` requests get a WebSocket echo.
-- ``TLSEcho``: raw TLS that echoes bytes back (a passthrough backend). It accepts an optional
-  PROXY v1/v2 header in front of the ClientHello and records it, so tests can see the client
-  address the edge passed on.
+- ``TLSEcho``: a passthrough backend doing its own TLS. It accepts an optional PROXY v1/v2 header
+  in front of the ClientHello and records it, so tests can see the client address the edge passed
+  on. By default it echoes raw bytes back (what the tests drive); with ``http=True`` it answers one
+  HTTP/1.1 request with a JSON description of what it saw (its SNI, its own certificate, the TLS
+  session, the client address from the PROXY header), so ``curl`` and a browser show passthrough
+  end to end.
 
-``python -m dataplane.echo --examples deploy/examples`` starts the three backends the examples
-point at (docs/contracts.md section 5), with certificates read from the examples' Secrets.
+``python -m examples.backends --examples deploy/examples`` starts the three backends the examples
+point at (docs/contracts.md section 5), with certificates read from the examples' Secrets. These
+are development tools, not part of the product: they live outside ``dataplane/`` (they read the
+manifests with the controller's loader).
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from cryptography import x509
 
 from controller.manifests import ManifestError, load_paths  # a development tool may lean on the controller
 from controller.model import Secret, project
@@ -141,12 +148,34 @@ class TLSConnectionRecord:
     errors: list[str] = field(default_factory=list)
 
 
-class TLSEcho:
-    """Raw TLS echo over ``SSLObject``/``MemoryBIO``, so a PROXY header can be stripped before TLS."""
+def describe_certificate(cert_pem: str) -> dict[str, Any]:
+    """Subject, DNS names and expiry of the first certificate in ``cert_pem`` (what a passthrough client saw)."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return {"subject": cert.subject.rfc4514_string(), "dns_names": names,
+            "not_after": cert.not_valid_after_utc.isoformat()}
 
-    def __init__(self, ssl_context: ssl.SSLContext, name: str = "tls-echo") -> None:
+
+MAX_REQUEST_HEAD = 16384
+
+
+class TLSEcho:
+    """TLS over ``SSLObject``/``MemoryBIO``, so a PROXY header can be stripped before TLS.
+
+    ``http``: answer one HTTP/1.1 request with what this backend saw instead of echoing bytes;
+    ``certificate`` is then reported as the certificate the client was shown (``describe_certificate``).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, name: str = "tls-echo", http: bool = False,
+                 certificate: dict[str, Any] | None = None) -> None:
         self.ssl_context = ssl_context
         self.name = name
+        self.http = http
+        self.certificate = certificate
         self.sni = _SNIRecorder(ssl_context)
         self.records: list[TLSConnectionRecord] = []
         self.server: asyncio.Server | None = None
@@ -229,6 +258,9 @@ class TLSEcho:
                     return
         record.sni = self.sni.pop(obj)
         await flush()
+        if self.http:
+            await self._answer(obj, record, flush, fill)
+            return
         while True:
             try:
                 data = obj.read(65536)
@@ -247,6 +279,55 @@ class TLSEcho:
             obj.write(data)
             record.bytes_echoed += len(data)
             await flush()
+
+
+    async def _answer(self, obj: ssl.SSLObject, record: TLSConnectionRecord,
+                      flush: Callable[[], Awaitable[None]], fill: Callable[[], Awaitable[bool]]) -> None:
+        """Read one request head (bounded), answer it with a JSON description, close with close_notify."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if len(head) > MAX_REQUEST_HEAD:
+                record.errors.append("request head too long")
+                return
+            try:
+                data = obj.read(65536)
+            except ssl.SSLWantReadError:
+                await flush()
+                if not await fill():
+                    return
+                continue
+            except ssl.SSLZeroReturnError:
+                return
+            if not data:
+                return
+            head += data
+        lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        path = rest.rpartition(" ")[0] or rest
+        source = record.proxy.source if record.proxy is not None else None
+        body = json.dumps({
+            "server": self.name,
+            "mode": "passthrough: this backend terminated the client's TLS itself",
+            "sni": record.sni,
+            "certificate": self.certificate,
+            "tls": {"version": obj.version(), "cipher": (obj.cipher() or ("",))[0],
+                    "alpn": obj.selected_alpn_protocol()},
+            "peer": list(record.peer),
+            "proxy_protocol": None if record.proxy is None else {
+                "source": list(source) if source else None,
+                "dest": list(record.proxy.dest) if record.proxy.dest else None},
+            "client": list(source) if source else list(record.peer),
+            "method": method,
+            "path": path,
+            "headers": [[name.strip(), value.strip()] for name, _, value in (line.partition(":") for line in lines[1:])
+                        if name.strip()],
+        }, indent=2).encode() + b"\n"
+        obj.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                  b"Connection: close\r\nX-Echo-Server: %s\r\n\r\n" % (len(body), self.name.encode()) + body)
+        record.bytes_echoed += len(body)
+        with contextlib.suppress(ssl.SSLError):
+            obj.unwrap()
+        await flush()
 
 
 # --- the examples' backends ------------------------------------------------------------------
@@ -275,7 +356,7 @@ async def serve_examples(args: argparse.Namespace) -> int:
     servers: list[HTTPEcho | TLSEcho] = [
         HTTPEcho("web"),
         HTTPEcho("secure-web", server_context(*web_cert)),
-        TLSEcho(server_context(*app_cert), "tls-app"),
+        TLSEcho(server_context(*app_cert), "tls-app", http=True, certificate=describe_certificate(app_cert[0])),
     ]
     ports = [args.http_port, args.https_port, args.tls_port]
     for server, port in zip(servers, ports, strict=True):
@@ -293,7 +374,7 @@ async def serve_examples(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataplane.echo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.backends", description=__doc__.splitlines()[0])
     parser.add_argument("--examples", default="deploy/examples", help="folder with the example manifests")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=9001)
