@@ -18,7 +18,7 @@ system-deps:
 	bash scripts/install-system-deps
 
 lint: install
-	$(BIN)/ruff check controller dataplane tests e2e
+	$(BIN)/ruff check controller dataplane examples bench tests e2e
 	$(BIN)/mypy
 
 typecheck: lint

@@ -59,7 +59,8 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
         f"Settings: wrk 1 thread, {s.get('connections')} connections, {s.get('seconds')} s per run, "
         f"{s.get('reps')} repetition(s) per point, proxies interleaved, medians reported; wrk pinned to core "
         f"{s.get('client_cpu')}, proxy and backend to core {s.get('proxy_cpu')}"
-        f"{' (--quick: indicative only)' if s.get('quick') else ''}. Raw results: `{raw_path}`.",
+        f"{' (--quick: indicative only)' if s.get('quick') else ''}. "
+        f"Raw results: `{raw_path}` (kept by the run, not committed).",
     ]
     if s.get("note"):
         lines += ["", f"**Note:** {s['note']}"]
