@@ -6,12 +6,17 @@ ARG PYTHON_VERSION=3.11
 # Build stage: install the project and its dependencies (wheels) into a self-contained virtual environment.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# gcc compiles the C request-head parser (dataplane/http/_headparser.c); it stays in this stage.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/portcullis
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY controller ./controller
 COPY dataplane ./dataplane
 RUN /opt/portcullis/bin/pip install --no-compile . \
+ && /opt/portcullis/bin/python -c "import dataplane.http._headparser" \
  && /opt/portcullis/bin/python -m compileall -q -j 0 /opt/portcullis
 
 # Runtime stage: the same slim Python, the venv, no compiler, no pip cache, no source tree.

@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install system-deps test lint typecheck unit integration chart e2e local bench clean
+.PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench clean
 
-$(BIN)/portcullis: pyproject.toml
+# setup.py builds the C request-head parser; a change to it reinstalls. build-deps: a C compiler and Python headers.
+$(BIN)/portcullis: pyproject.toml setup.py dataplane/http/_headparser.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(BIN)/portcullis
+
+build-deps:
+	bash scripts/install-build-deps $(PYTHON)
 
 # Tools the tests drive as real clients and servers (curl, openssl, etcd, iproute2).
 system-deps:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dataplane.admin import AdminConfigError
+from dataplane.http.parser import PARSER_IMPLEMENTATION
 from dataplane.runtime import DataPlane, DataPlaneConfig
 
 log = logging.getLogger("portcullis.dataplane")
@@ -223,6 +224,7 @@ def _runner(main: Coroutine[Any, Any, int]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
+    log.info("HTTP request-head parser: %s", PARSER_IMPLEMENTATION, extra={"http_parser": PARSER_IMPLEMENTATION})
     if not 1 <= args.workers <= 256:
         print(f"error: --workers {args.workers}: give 1 to 256 serving processes", file=sys.stderr)
         return 2

@@ -308,7 +308,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the package was installed
     pass
 else:
-    parse_request_head = _HeadParser(  # type: ignore[assignment]
+    parse_request_head = _HeadParser(
         parse_request_head_py, RequestHead, ParseError, _split_target
     )
     PARSER_IMPLEMENTATION = "c"
