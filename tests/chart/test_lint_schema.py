@@ -39,7 +39,7 @@ def test_lint_is_clean_in_strict_mode(scenario: str) -> None:
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
         ({"defaultCertificate": "no-namespace"}, "at '/defaultCertificate'"),
         ({"controller": {"resources": {"limits": {"gpu": 1}}}}, "additional properties 'gpu' not allowed"),
-        ({"dataplane": {"workers": 4}}, "at '/dataplane/workers'"),
+        ({"dataplane": {"workers": 257}}, "at '/dataplane/workers'"),
     ],
 )
 def test_schema_rejects_with_the_offending_path(values: dict[str, Any], fragment: str) -> None:

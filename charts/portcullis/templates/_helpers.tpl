@@ -158,3 +158,23 @@ checks combinations).
 {{- fail "controller.replicas > 1 needs controller.leaderElection.enabled: only one replica may write status and push" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Serving processes per data-plane pod: dataplane.workers, else the CPU limit rounded down (at least 1), else 1.
+One worker is one event loop, so one core; more than the limit would only contend for it.
+*/}}
+{{- define "portcullis.dataplaneWorkers" -}}
+{{- $dp := .Values.dataplane -}}
+{{- if $dp.workers -}}
+{{- $dp.workers -}}
+{{- else -}}
+{{- $cpu := toString (dig "limits" "cpu" "" (default dict $dp.resources)) -}}
+{{- if not $cpu -}}
+1
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (div (atoi (trimSuffix "m" $cpu)) 1000) -}}
+{{- else -}}
+{{- max 1 (int (floor (float64 $cpu))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

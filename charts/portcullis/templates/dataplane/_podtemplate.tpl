@@ -43,7 +43,7 @@ spec:
     - --admin-key-file={{ $push }}/tls.key
     - --admin-token-file={{ $push }}/token
     - --https-redirect-port={{ $dp.httpsRedirectPort }}
-    - --workers={{ $dp.workers }}
+    - --workers={{ include "portcullis.dataplaneWorkers" . }}
     - --drain-timeout={{ $dp.drainTimeoutSeconds }}
     - --state-file=/run/portcullis/snapshot.json
     {{- range $dp.extraArgs }}
