@@ -1,4 +1,4 @@
-"""The ``portcullis`` console script: one binary, four roles (design.md section 4).
+"""The ``portcullis`` console script: one binary, four roles (flags: docs/contracts.md section 4).
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 modules are imported only when their subcommand runs, so ``portcullis render`` never pays for

@@ -16,7 +16,6 @@ the same thing everywhere. Same inputs in any order give a byte-identical snapsh
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller import classes
@@ -24,7 +23,7 @@ from controller.certificates import ParseCache
 from controller.merge import Tables
 from controller.model import Inputs
 from controller.plan import Planner, Problems
-from controller.problems import ObjectRef, Problem
+from controller.problems import Problem
 from dataplane.snapshot import Snapshot
 
 # Reasons for problems caused by a referenced object (missing, or unusable), not by the Ingress's
@@ -64,8 +63,3 @@ def render(inputs: Inputs, config: RenderConfig, parsed: ParseCache | None = Non
     default_certificate = planner.default_certificate(config.default_certificate, problems)
     snapshot = tables.snapshot(default_certificate)
     return snapshot, sorted({*problems.items, *tables.problems.items})
-
-
-def problems_for(problems: Iterable[Problem], obj: ObjectRef) -> list[Problem]:
-    """The problems of one object (what the admission webhook and Event writer need)."""
-    return [p for p in problems if p.obj == obj]

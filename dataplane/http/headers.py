@@ -42,8 +42,6 @@ _RESPONSE_DROP_PREFIXES = (b"proxy-",)
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:=+/@-]{1,128}")
 
-CERT_HEADER_NAMES = ("ssl-client-verify", "ssl-client-subject-dn", "ssl-client-issuer-dn", "ssl-client-cert")
-
 # Response body framing towards the client.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
 

@@ -44,7 +44,3 @@ def local_response(
     if not head_only:
         parts.append(body)
     return b"".join(parts)
-
-
-def redirect(location: bytes, close: bool, head_only: bool = False) -> bytes:
-    return local_response(308, "redirecting to HTTPS", close, ((b"Location", location),), head_only)

@@ -162,11 +162,6 @@ class Upstream:
             conn.close()
         return None
 
-    def idle_count(self, ep: Endpoint | None = None) -> int:
-        if ep is not None:
-            return len(self._idle.get(ep, ()))
-        return sum(len(c) for c in self._idle.values())
-
     def put_idle(self, conn: UpstreamConnection) -> None:
         conns = self._idle.setdefault(conn.endpoint, [])
         if len(conns) >= self.max_idle:
