@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from dataplane import push_body
 from dataplane.snapshot import Snapshot
 from tests.integration.conftest import TOKEN
 from tests.integration.http_fixtures import EchoBackend, free_port, pool, snapshot, start_echo, vhost
@@ -53,6 +54,10 @@ async def until(condition: object, timeout: float = 20.0, what: str = "condition
 
 @pytest.fixture
 def pod(tmp_path: Path) -> Iterator[Pod]:
+    yield from run_pod(tmp_path)
+
+
+def run_pod(tmp_path: Path) -> Generator[Pod, None, None]:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     http, admin = free_port(), free_port()
@@ -215,3 +220,43 @@ async def test_sigterm_drains_live_connections(pod: Pod, backend: EchoBackend) -
         assert await asyncio.gather(*slow) == [200] * 6  # in flight at SIGTERM, answered in full
         await until(lambda: pod.proc.poll() is not None, 20, "the pod exited")
         assert pod.proc.returncode == 0
+
+
+async def test_gzip_delta_and_if_none_match_pushes_and_the_state_file_fill_every_worker(
+        tmp_path: Path, backend: EchoBackend) -> None:
+    first = hosts(backend, ["a.test"], 1)
+    second = hosts(backend, ["a.test", "kept.test"], 2)
+    pods = run_pod(tmp_path)
+    pod = next(pods)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await started(pod, session)
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            gzip = {**auth, "Content-Encoding": "gzip", "If-None-Match": "*"}
+            async with session.put(pod.url + "/snapshot", data=push_body.compress(first.to_json().encode()),
+                                   headers=gzip) as r:
+                assert r.status == 200
+            async with session.put(pod.url + "/snapshot", data=push_body.compress(second.to_json().encode()),
+                                   headers=gzip) as r:
+                assert r.status == 412  # a snapshot is applied: a non-leader's fill is refused
+            delta = push_body.make_delta(first, second)
+            async with session.patch(pod.url + "/snapshot", json=delta, headers=auth) as r:
+                assert r.status == 200 and (await r.json())["checksum"] == second.checksum
+            async with session.patch(pod.url + "/snapshot", json=delta, headers=auth) as r:
+                assert r.status == 412  # its base is no longer what the workers serve
+            await until(pod.state_file.exists, 10, "state file written")
+            assert pod.state_file.stat().st_mode & 0o077 == 0
+    finally:
+        pods.close()  # SIGTERM: the first pod is gone
+    assert pod.proc.returncode == 0
+    pods = run_pod(tmp_path)  # a restarted container, same state file, no controller pushing
+    pod = next(pods)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await started(pod, session)
+            assert await readyz(pod, session) == 200
+            assert [await get(pod.http, "kept.test") for _ in range(100)] == [200] * 100
+            spread = per_worker(await metrics(pod, session))
+            assert set(spread) == {"0", "1"} and all(v >= 1 for v in spread.values()), spread
+    finally:
+        pods.close()
