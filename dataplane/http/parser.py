@@ -312,3 +312,11 @@ else:
         parse_request_head_py, RequestHead, ParseError, _split_target
     )
     PARSER_IMPLEMENTATION = "c"
+# The same for response heads (same discipline: tests/unit/test_http_parser_c.py compares the two).
+parse_response_head_py = parse_response_head
+try:
+    from dataplane.http._headparser import ResponseParser as _ResponseParser
+except ImportError:  # pragma: no cover - depends on how the package was installed (or an older build)
+    pass
+else:
+    parse_response_head = _ResponseParser(parse_response_head_py, ResponseHead, ParseError)
