@@ -154,6 +154,18 @@ class HTTPProtocol(asyncio.Protocol):
             return  # lingering: the rest of a refused body is read and dropped
         if state == _CL_IDLE:
             if not self._buf:
+                if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4 and data[:2] != b"\r\n":
+                    # Exactly one whole head and nothing else (a keep-alive GET): parsed without the
+                    # buffer. The parser enforces the same limits on a whole head as ``_process``.
+                    settings = self._settings
+                    try:
+                        req = parse_request_head(data[:-4], settings.max_request_line, settings.max_header_bytes,
+                                                 settings.max_headers)
+                    except ParseError as exc:
+                        self._reply(exc.status, exc.reason, close=True)
+                        return
+                    self._handle(req)
+                    return
                 self._deadline = self._now() + self._settings.header_timeout
             self._buf += data
             self._process()

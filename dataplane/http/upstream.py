@@ -301,13 +301,20 @@ class UpstreamConnection(asyncio.Protocol):
             if state != _UP_HEAD:
                 return
             buf = self._buf
-            buf += data
-            head = self._heads.read(buf)
-            if head is None:
-                return
+            end = data.find(b"\r\n\r\n") if not buf else -1
+            if end >= 0:
+                # The whole head in this read (the common case): no buffer copies. ``HeadReader.read``
+                # takes a complete head the same way; its limits apply to a head still growing.
+                head = data[:end]
+                data = data[end + 4:]
+            else:
+                buf += data
+                head = self._heads.read(buf)
+                if head is None:
+                    return
+                data = bytes(buf)
+                buf.clear()
             resp = parse_response_head(head)
-            data = bytes(buf)
-            buf.clear()
             status = resp.status
             if status < 200 and status != 101:
                 sink.upstream_head(resp)  # interim (100 Continue, 103): the final response follows
