@@ -21,13 +21,15 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataplane import clienthello, passthrough
 from dataplane.balancer import UpstreamPool
 from dataplane.http.info import ConnectionInfo, client_cert_from_ssl
+from dataplane.limits import ConnectionCounter, Handle, TokenBucket, Whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import TLSHost
 from dataplane.tls import TLSTable
@@ -54,6 +56,17 @@ class EdgeState:
     tls: TLSTable
     app: AppFactory
     pools: Mapping[str, UpstreamPool]  # the HTTP table's balancers, by pool id: passthrough shares them
+    conn_limits: Mapping[str, HostConnLimit] = field(default_factory=dict)  # by SNI host: limit-connections
+
+
+@dataclass(frozen=True)
+class HostConnLimit:
+    """An Ingress's ``limit-connections`` on one of its TLS hosts (the counter is the Ingress's, kept across
+    applies)."""
+
+    limit: int
+    counter: ConnectionCounter
+    whitelist: Whitelist
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,9 @@ class EdgeSettings:
     zero_copy: bool = True  # splice(2) relay for passthrough where the platform has it
     tunnel_idle_timeout: float = 3600.0  # passthrough tunnels silent this long (up to twice it) are closed
     max_pending: int = 10000  # connections still sending their ClientHello; beyond, new ones are closed
+    max_connections: int = 0  # client connections open at once, both listeners (0: no cap); beyond, closed at accept
+    max_connections_per_ip: int = 0  # the same per client IP (0: no cap)
+    max_handshakes_per_second: float = 0.0  # full TLS handshakes begun a second per HTTPS listener (0: no cap)
 
 
 class Closable(Protocol):
@@ -116,6 +132,68 @@ class Tracker:
                 transport.close()
 
 
+class Lease:
+    """One admitted connection as the per-IP counters see it: whatever stands for it now (the ClientHello
+    collector, nothing while a handshake or upstream connect is in flight, then the transport)."""
+
+    __slots__ = ("closed", "target")
+
+    def __init__(self) -> None:
+        self.target: Closable | None = None
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        if self.closed:
+            return True
+        target = self.target
+        return target is not None and target.is_closing()
+
+
+class Admission:
+    """The global and per-client-IP connection caps, shared by both listeners of a data plane.
+
+    The global count is the tracker's (transports, ClientHello collectors) plus connections between their
+    ClientHello and a transport; closed transports leave the tracker lazily, so at the cap it is pruned
+    (at most every ``PRUNE_EVERY`` seconds: the cost stays bounded while a flood sits at the cap).
+    """
+
+    PRUNE_EVERY = 0.02
+
+    def __init__(self, settings: EdgeSettings, tracker: Tracker, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.tracker = tracker
+        self.metrics = metrics
+        self.clock = clock
+        self.in_flight = 0
+        self.per_ip = ConnectionCounter()
+        self._pruned_at = -1.0
+
+    def _open(self) -> int:
+        tracker = self.tracker
+        return len(tracker.transports) + len(tracker.pending) + self.in_flight
+
+    def refuse(self, ip: str, handle: Handle) -> str | None:
+        """None: admitted (and counted for its IP); else the reason it must be closed now."""
+        settings = self.settings
+        cap = settings.max_connections
+        if cap and self._open() >= cap:
+            now = self.clock()
+            if now - self._pruned_at >= self.PRUNE_EVERY:
+                self._pruned_at = now
+                self.tracker.prune()
+            if self._open() >= cap:
+                return self._refused("max_connections")
+        per_ip = settings.max_connections_per_ip
+        if per_ip and not self.per_ip.admit(ip, handle, per_ip):
+            return self._refused("per_ip")
+        return None
+
+    def _refused(self, reason: str) -> str:
+        self.metrics.connections_refused.labels(reason).inc()
+        return reason
+
+
 class _Handoff(asyncio.Protocol):
     """Builds the application protocol once the transport (and its TLS session) exists, then steps aside.
 
@@ -126,7 +204,9 @@ class _Handoff(asyncio.Protocol):
     """
 
     def __init__(self, make: Callable[[asyncio.BaseTransport], ConnectionInfo], app: AppFactory,
-                 tracker: Tracker, listener: str, mode: str, metrics: Metrics) -> None:
+                 tracker: Tracker, listener: str, mode: str, metrics: Metrics,
+                 admission: Admission | None = None) -> None:
+        self.admission = admission  # plain HTTP: the caps are checked here, on the new transport
         self.make = make
         self.app = app
         self.tracker = tracker
@@ -135,6 +215,11 @@ class _Handoff(asyncio.Protocol):
         self.metrics = metrics
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.admission is not None:
+            ip = _addr(transport.get_extra_info("peername"))[0]
+            if self.admission.refuse(ip, transport) is not None:
+                transport.abort()  # type: ignore[attr-defined]
+                return
         self.tracker.add(transport)
         self.metrics.connections.labels(self.listener, self.mode).inc()
         inner = self.app(self.make(transport))
@@ -176,11 +261,16 @@ def _addr(raw: object) -> tuple[str, int]:
 
 class HTTPSListener:
     def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, settings: EdgeSettings,
-                 tracker: Tracker) -> None:
+                 tracker: Tracker, admission: Admission | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.get_state = get_state
         self.metrics = metrics
         self.settings = settings
         self.tracker = tracker
+        self.admission = admission if admission is not None else Admission(settings, tracker, metrics, clock)
+        self.clock = clock
+        rate = settings.max_handshakes_per_second
+        self.handshakes = TokenBucket(rate, max(1.0, rate), clock()) if rate > 0 else None
         self.sock: socket.socket | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,10 +311,15 @@ class HTTPSListener:
                 self.metrics.client_hello.labels("overload").inc()
                 conn.close()
                 continue
+            client = _addr(addr)
+            lease = Lease()
+            if self.admission.refuse(client[0], lease) is not None:  # before any TLS work: not one byte read
+                conn.close()
+                continue
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _HelloCollector(self, conn, _addr(addr))
+            lease.target = _HelloCollector(self, conn, client, lease)
 
     def spawn(self, coro: object) -> None:
         assert self._loop is not None
@@ -234,32 +329,71 @@ class HTTPSListener:
 
     # --- after the ClientHello ----------------------------------------------------------------
 
-    def dispatch(self, sock: socket.socket, client_addr: tuple[str, int], hello: clienthello.Complete) -> None:
+    def dispatch(self, sock: socket.socket, client_addr: tuple[str, int], hello: clienthello.Complete,
+                 lease: Lease | None = None) -> None:
+        lease = lease if lease is not None else Lease()
+        lease.target = None  # in flight until a transport stands for it
         state = self.get_state()
         row = state.tls.lookup(hello.sni)
+        if row is not None and state.conn_limits:  # limit-connections: known once the SNI is
+            limit = state.conn_limits.get(row.host)
+            if limit is not None and not limit.counter.admit(client_addr[0], lease, limit.limit) \
+                    and not limit.whitelist.exempt(client_addr[0]):
+                self.metrics.connections_refused.labels("ingress_connections").inc()
+                lease.closed = True
+                sock.close()
+                return
+        if (self.handshakes is not None and (row is None or row.mode != "passthrough")
+                and not self.handshakes.take(self.clock())):  # passthrough costs us no handshake
+            self.metrics.connections_refused.labels("handshake_rate").inc()
+            lease.closed = True
+            sock.close()
+            return
         server_addr = _addr(sock.getsockname())
         if row is not None and row.mode == "passthrough":
             balancer = state.pools.get(row.pool_id or "")
             if balancer is None:  # validate() makes this impossible; stay total anyway
                 self.metrics.passthrough.labels("no_endpoint").inc()
+                lease.closed = True
                 sock.close()
                 return
             self.metrics.connections.labels("https", "passthrough").inc()
             request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, balancer.spec,
                                                      balancer)
-            self.spawn(self._passthrough(request))
+            self.spawn(self._passthrough(request, lease))
             return
         if hello.sni and row is None:
             self.metrics.passthrough.labels("unknown_sni").inc()
-        self.spawn(self._terminate(sock, client_addr, server_addr[1], hello.sni, row, state))
+        self.spawn(self._terminate(sock, client_addr, server_addr[1], hello.sni, row, state, lease))
 
-    async def _passthrough(self, request: passthrough.PassthroughRequest) -> None:
+    async def _passthrough(self, request: passthrough.PassthroughRequest, lease: Lease) -> None:
         assert self._loop is not None
-        await passthrough.serve(self._loop, request, self.metrics, self.tracker.add, self.settings.zero_copy,
-                                self.settings.tunnel_idle_timeout)
+
+        def on_client(relay: Closable) -> None:
+            self.tracker.add(relay)
+            lease.target = relay
+
+        self.admission.in_flight += 1
+        try:
+            await passthrough.serve(self._loop, request, self.metrics, on_client, self.settings.zero_copy,
+                                    self.settings.tunnel_idle_timeout)
+        finally:
+            self.admission.in_flight -= 1
+            if lease.target is None:  # not relayed (no endpoint, connect failed): it is closed
+                lease.closed = True
 
     async def _terminate(self, sock: socket.socket, client_addr: tuple[str, int], server_port: int,
-                         sni: str | None, row: TLSHost | None, state: EdgeState) -> None:
+                         sni: str | None, row: TLSHost | None, state: EdgeState, lease: Lease) -> None:
+        self.admission.in_flight += 1
+        try:
+            await self._handshake(sock, client_addr, server_port, sni, row, state, lease)
+        finally:
+            self.admission.in_flight -= 1
+            if lease.target is None:  # the handshake failed: the socket is closed
+                lease.closed = True
+
+    async def _handshake(self, sock: socket.socket, client_addr: tuple[str, int], server_port: int,
+                         sni: str | None, row: TLSHost | None, state: EdgeState, lease: Lease) -> None:
         assert self._loop is not None
         context = state.tls.context_for(row)
 
@@ -270,10 +404,11 @@ class HTTPSListener:
             return ConnectionInfo("https", client_addr, server_port, sni, row, cert)
 
         try:
-            await self._loop.connect_accepted_socket(
+            transport, _ = await self._loop.connect_accepted_socket(
                 lambda: _Handoff(make, state.app, self.tracker, "https", "terminate", self.metrics),
                 sock, ssl=context, ssl_handshake_timeout=self.settings.handshake_timeout,
             )
+            lease.target = transport
         except ssl.SSLError as exc:
             self._handshake_failed(exc.reason or type(exc).__name__, sni)
             sock.close()
@@ -296,8 +431,10 @@ class HTTPSListener:
 class _HelloCollector:
     """Peeks at one accepted socket until its ClientHello is complete (or the bounds say stop)."""
 
-    def __init__(self, listener: HTTPSListener, sock: socket.socket, client_addr: tuple[str, int]) -> None:
+    def __init__(self, listener: HTTPSListener, sock: socket.socket, client_addr: tuple[str, int],
+                 lease: Lease | None = None) -> None:
         assert listener._loop is not None
+        self.lease = lease
         self.loop = listener._loop
         self.listener = listener
         self.sock = sock
@@ -371,7 +508,7 @@ class _HelloCollector:
             self._done()
             self.listener.metrics.client_hello.labels("ok").inc()
             try:
-                self.listener.dispatch(self.sock, self.client_addr, result)
+                self.listener.dispatch(self.sock, self.client_addr, result, self.lease)
             except Exception:
                 log.exception("dispatch failed")
                 self.sock.close()
@@ -411,10 +548,12 @@ class _HelloCollector:
 class HTTPListener:
     """The plain HTTP port: every connection goes straight to the application protocol."""
 
-    def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, tracker: Tracker) -> None:
+    def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, tracker: Tracker,
+                 admission: Admission | None = None) -> None:
         self.get_state = get_state
         self.metrics = metrics
         self.tracker = tracker
+        self.admission = admission  # the caps (shared with the HTTPS listener); None: none
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -431,7 +570,7 @@ class HTTPListener:
         def make(transport: asyncio.BaseTransport) -> ConnectionInfo:
             return ConnectionInfo("http", _addr(transport.get_extra_info("peername")), self.port, None, None, None)
 
-        return _Handoff(make, state.app, self.tracker, "http", "plain", self.metrics)
+        return _Handoff(make, state.app, self.tracker, "http", "plain", self.metrics, self.admission)
 
     def stop_accepting(self) -> None:
         if self.server is not None:

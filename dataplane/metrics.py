@@ -24,6 +24,14 @@ class Metrics:
             p + "tls_handshakes", "TLS handshakes at the edge by result and failure reason", ["result", "reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            p + "connections_refused", "New connections closed by a limit before any TLS work (max_connections, "
+            "per_ip, ingress_connections, handshake_rate)", ["reason"], registry=r,
+        )
+        self.requests_limited = Counter(
+            p + "http_requests_limited", "Requests answered 429 by an Ingress's limit-rps, by host", ["host"],
+            registry=r,
+        )
         self.client_hello = Counter(
             p + "client_hello", "ClientHello collection outcome (ok, too_large, timeout, malformed, not_tls)",
             ["result"], registry=r,

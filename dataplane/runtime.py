@@ -18,11 +18,21 @@ from dataclasses import dataclass, replace
 
 from dataplane import pem
 from dataplane.admin import AdminServer
-from dataplane.edge import AppFactory, EdgeSettings, EdgeState, HTTPListener, HTTPSListener, Tracker
+from dataplane.edge import (
+    Admission,
+    AppFactory,
+    EdgeSettings,
+    EdgeState,
+    HostConnLimit,
+    HTTPListener,
+    HTTPSListener,
+    Tracker,
+)
 from dataplane.gc_pause import gc_paused
 from dataplane.http.connection import HTTPProtocol
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import HTTPTable, TableRef, build_http_table
+from dataplane.limits import LimitRegistry, Whitelist, parse_whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
@@ -56,6 +66,9 @@ class DataPlaneConfig:
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
     admin_max_body: int = 64 * 1024 * 1024
     state_file: str | None = None  # last pushed snapshot, restored at start (dataplane/state_file.py)
+    max_connections: int = 0  # client connections open at once in this process (0: no cap; dataplane/limits.py)
+    max_connections_per_ip: int = 0  # the same per client IP (0: no cap)
+    max_handshakes_per_second: float = 0.0  # full TLS handshakes begun a second, HTTPS listener (0: no cap)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class DataPlane:
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = tracker if tracker is not None else Tracker()
+        self.limits = LimitRegistry()  # per-Ingress limit state: survives applies
         self._http_settings = HTTPSettings(
             https_redirect_port=config.https_redirect_port,
             client_send_timeout=config.client_send_timeout,
@@ -102,9 +116,13 @@ class DataPlane:
         self._applied = replace(initial, checksum=None)  # nothing applied yet: report no checksum
         self._table_ref.table = initial.http_table
         settings = EdgeSettings(config.clienthello_max_bytes, config.clienthello_timeout, config.handshake_timeout,
-                                config.zero_copy, tunnel_idle_timeout=config.tunnel_idle_timeout)
-        self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker)
-        self._http = HTTPListener(self._edge_state, self.metrics, self.tracker)
+                                config.zero_copy, tunnel_idle_timeout=config.tunnel_idle_timeout,
+                                max_connections=config.max_connections,
+                                max_connections_per_ip=config.max_connections_per_ip,
+                                max_handshakes_per_second=config.max_handshakes_per_second)
+        admission = Admission(settings, self.tracker, self.metrics)  # one count across both listeners
+        self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker, admission)
+        self._http = HTTPListener(self._edge_state, self.metrics, self.tracker, admission)
         self._admin: AdminServer | None = None
         self._started = False
         self._apply_lock = asyncio.Lock()
@@ -245,12 +263,22 @@ class DataPlane:
         if tls is None:
             return tls_errors
         http_table = self._build_http(snapshot, previous.http_table if previous else None)
-        edge = EdgeState(tls, self._app_factory(http_table), http_table.pools)
+        edge = EdgeState(tls, self._app_factory(http_table), http_table.pools, self._conn_limits(snapshot))
         checksum = snapshot.checksum or snapshot.canonical().checksum
         return _Applied(snapshot, checksum, edge, http_table, frozenset(seen))
 
     def _build_http(self, snapshot: Snapshot, previous: HTTPTable | None) -> HTTPTable:
-        return build_http_table(snapshot, previous, self.metrics, self._http_settings)
+        return build_http_table(snapshot, previous, self.metrics, self._http_settings, self.limits)
+
+    def _conn_limits(self, snapshot: Snapshot) -> dict[str, HostConnLimit]:
+        """limit-connections by SNI host; one counter per Ingress (its hosts share it), kept across applies."""
+        limits: dict[str, HostConnLimit] = {}
+        for row in snapshot.tls_hosts:
+            if row.limit_connections:
+                networks, _ = parse_whitelist(row.limit_whitelist)
+                counter = self.limits.counter(row.source or row.host)
+                limits[row.host] = HostConnLimit(row.limit_connections, counter, Whitelist(networks))
+        return limits
 
     def _app_factory(self, http_table: HTTPTable) -> AppFactory:
         """The HTTP engine behind both listeners; it reads the current table through the shared ref."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from dataplane.admin import AdminConfigError
 from dataplane.http.parser import PARSER_IMPLEMENTATION
+from dataplane.limits import default_max_connections
 from dataplane.runtime import DataPlane, DataPlaneConfig
 
 log = logging.getLogger("portcullis.dataplane")
@@ -88,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request body bytes allowed on routes that set no limit (413 beyond; 0: no limit)")
     add("--tunnel-idle-timeout", type=float, default=_default("tunnel-idle-timeout", 3600.0, float),
         help="seconds a passthrough tunnel may stay silent before it is closed (0: never)")
+    add("--max-connections", type=int, default=_default("max-connections", -1, int),
+        help="client connections open at once per serving process; beyond, new ones are closed at accept before "
+             "any TLS work (-1: derived from the file-descriptor limit; 0: no cap)")
+    add("--max-connections-per-ip", type=int, default=_default("max-connections-per-ip", 0, int),
+        help="client connections open at once per client IP and serving process (0: no cap)")
+    add("--max-handshakes-per-second", type=float, default=_default("max-handshakes-per-second", 0.0, float),
+        help="full TLS handshakes begun a second per serving process; beyond, new connections to terminated hosts "
+             "are closed before the handshake (passthrough is not affected; 0: no cap)")
     add("--state-file", default=_default("state-file", None),
         help="keep the last pushed snapshot here (mode 0600; put it on a memory-backed volume: it holds private "
              "keys) and serve it at once after a restart")
@@ -125,6 +134,11 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
             raise SystemExit(f"--{flag.replace('_', '-')} must be a positive number of seconds")
     if args.max_body_size < 0:
         raise SystemExit("--max-body-size must be 0 (no limit) or a positive number of bytes")
+    if args.max_connections < -1 or args.max_connections_per_ip < 0:
+        raise SystemExit("--max-connections must be -1 (derived), 0 (no cap) or a count; "
+                         "--max-connections-per-ip 0 or a count")
+    if not args.max_handshakes_per_second >= 0:  # also refuses NaN
+        raise SystemExit("--max-handshakes-per-second must be 0 (no cap) or a positive rate")
     return DataPlaneConfig(
         bind=args.bind,
         https_port=args.https_port,
@@ -143,6 +157,9 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         upgrade_idle_timeout=args.upgrade_idle_timeout,
         max_body_size=args.max_body_size,
         state_file=args.state_file or None,
+        max_connections=default_max_connections() if args.max_connections == -1 else args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_handshakes_per_second=args.max_handshakes_per_second,
     )
 
 

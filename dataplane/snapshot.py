@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from dataplane import pem
+from dataplane.limits import parse_whitelist
 
 SCHEMA_VERSION = 1
 
@@ -144,6 +145,8 @@ class TLSHost:
     ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("": the data plane's own list)
     prefer_server_ciphers: bool = True
     source: str = ""
+    limit_connections: int = 0  # concurrent connections per client IP to this host, checked after SNI (0: none)
+    limit_whitelist: tuple[str, ...] = ()  # client CIDRs exempt from limit_connections
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class Route:
     pool_id: str
     max_body_size: int = -1  # request body bytes (-1: the data plane's --max-body-size; 0: no limit)
     source: str = ""
+    limit_rps: int = 0  # requests a second per client IP, shared by the routes of one source (0: none); 429 beyond
+    limit_whitelist: tuple[str, ...] = ()  # client CIDRs exempt from limit_rps
 
 
 @dataclass(frozen=True)
@@ -331,12 +336,12 @@ def _tls_host(data: Mapping[str, Any]) -> TLSHost:
     values = dict(data)
     if values.get("client_auth") is not None:
         values["client_auth"] = _build(ClientAuth, values["client_auth"])
-    return _build(TLSHost, values)  # type: ignore[no-any-return]
+    return _build(TLSHost, values, tuples=("limit_whitelist",))  # type: ignore[no-any-return]
 
 
 def _virtual_host(data: Mapping[str, Any]) -> VirtualHost:
     values = dict(data)
-    values["routes"] = tuple(_build(Route, r) for r in values.get("routes", ()))
+    values["routes"] = tuple(_build(Route, r, tuples=("limit_whitelist",)) for r in values.get("routes", ()))
     return _build(VirtualHost, values)  # type: ignore[no-any-return]
 
 
@@ -403,6 +408,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
             if host.client_auth.error_page and not _is_url(host.client_auth.error_page):
                 problems.append(f"{where}: client auth error_page must be an absolute http(s) URL")
         problems.extend(f"{where}: {p}" for p in _cipher_problems(host.ciphers))
+        problems.extend(f"{where}: {p}" for p in _limit_problems(host.limit_connections, host.limit_whitelist,
+                                                                  "limit_connections"))
 
     seen_vhosts: set[str] = set()
     for vhost in snapshot.virtual_hosts:
@@ -423,9 +430,17 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
                 problems.append(f"{where}: route path {route.path!r} must start with /")
             if route.max_body_size < -1:
                 problems.append(f"{where}: route {route.path}: max_body_size must be >= -1")
+            problems.extend(f"{where}: route {route.path}: {p}"
+                            for p in _limit_problems(route.limit_rps, route.limit_whitelist, "limit_rps"))
             if (route.path, route.path_type) in seen_paths:
                 problems.append(f"{where}: duplicate route {route.path_type} {route.path}")
             seen_paths.add((route.path, route.path_type))
+    return problems
+
+
+def _limit_problems(value: int, whitelist: tuple[str, ...], name: str) -> list[str]:
+    problems = [] if isinstance(value, int) and 0 <= value <= 1_000_000_000 else [f"{name} must be 0 to 1e9"]
+    problems.extend(f"limit_whitelist: {p}" for p in parse_whitelist(whitelist)[1])
     return problems
 
 

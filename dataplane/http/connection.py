@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import cast
 
 from dataplane.http.framing import (
@@ -51,6 +52,7 @@ from dataplane.http.table import (
     tls_change,
 )
 from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection
+from dataplane.limits import RateLimit
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
 
@@ -269,6 +271,8 @@ class HTTPProtocol(asyncio.Protocol):
             return
         vhost = decision.vhost
         self._label = vhost.label
+        if decision.rate is not None and self._rate_limited(decision.rate):
+            return
         self._hsts = vhost.hsts if self._https else None
         limit = decision.max_body
         if limit and req.content_length > limit:  # refused before anything reaches the backend
@@ -296,6 +300,17 @@ class HTTPProtocol(asyncio.Protocol):
         self._up_head = upstream_request_head(req, self._block, request_id(req.request_id),
                                               vhost.allow_underscore_headers, self._metrics)
         self._send(fresh=False)
+
+    def _rate_limited(self, rate: RateLimit) -> bool:
+        """The Ingress's limit-rps for this client IP: True when answered 429 (with Retry-After), not forwarded."""
+        wait = rate.retry_after(self._info.client_addr[0], self._started)
+        if not wait:
+            return False
+        self._metrics.requests_limited.labels(self._label).inc()
+        req = self._req
+        close = req is None or req.has_body or not req.keep_alive or self._close_after
+        self._reply(429, "too many requests", close=close, extra=((b"Retry-After", str(math.ceil(wait)).encode()),))
+        return True
 
     def _check_tls_row(self, table: HTTPTable, req: RequestHead) -> bool:
         """Compare the SNI row this connection shook hands with against ``table``; True: answered, do not forward.

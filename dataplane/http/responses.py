@@ -12,6 +12,7 @@ REASONS = {
     408: b"Request Timeout",
     414: b"URI Too Long",
     421: b"Misdirected Request",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",

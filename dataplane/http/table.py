@@ -21,8 +21,9 @@ from dataplane.http.parser import RequestHead
 from dataplane.http.path import route_path as canonical_route_path
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.upstream import TLSContextCache, Upstream
+from dataplane.limits import LimitRegistry, RateLimit, Whitelist, parse_whitelist
 from dataplane.metrics import Metrics
-from dataplane.snapshot import ClientAuth, Snapshot, TLSHost, VirtualHost, route_order
+from dataplane.snapshot import ClientAuth, Route, Snapshot, TLSHost, VirtualHost, route_order
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Forward:
     vhost: VHostEntry
     pool_id: str
     max_body: int = 0  # request body bytes allowed (0: no limit); the route's value, default resolved
+    rate: RateLimit | None = None  # limit-rps per client IP (shared by the routes of one Ingress); None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,15 @@ def _body_limit(route_limit: int, settings: HTTPSettings) -> int:
     return settings.max_body_size if route_limit < 0 else route_limit
 
 
-def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings) -> VHostEntry:
+def _rate_limit(route: Route, vhost: VirtualHost, limits: LimitRegistry | None) -> RateLimit | None:
+    """The route's request-rate limit, keyed by its Ingress so the client buckets survive snapshot applies."""
+    if not route.limit_rps or limits is None:
+        return None
+    networks, _ = parse_whitelist(route.limit_whitelist)  # validate() refused bad entries
+    return limits.rate_limit(f"{route.source or vhost.host}", route.limit_rps, Whitelist(networks))
+
+
+def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings, limits: LimitRegistry | None = None) -> VHostEntry:
     label = vhost.host or "(default)"
     entry = VHostEntry(
         vhost.host, vhost.tls, vhost.insecure_policy, vhost.hsts.encode() if vhost.hsts else None, label,
@@ -83,7 +93,8 @@ def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings) -> VHostEntry:
     for route in sorted(vhost.routes, key=route_order):
         path = canonical_route_path(route.path)  # the form requests are normalised to (http/path.py)
         trimmed = path.rstrip("/")
-        forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings))
+        forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings),
+                          _rate_limit(route, vhost, limits))
         if route.path_type == "Exact":
             routes.append((path, True, "", forward))
         else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
@@ -186,7 +197,8 @@ _NO_VHOST = Local(404, "no virtual host for this Host")
 
 
 def build_http_table(
-    snapshot: Snapshot, previous: HTTPTable | None, metrics: Metrics, settings: HTTPSettings
+    snapshot: Snapshot, previous: HTTPTable | None, metrics: Metrics, settings: HTTPSettings,
+    limits: LimitRegistry | None = None,
 ) -> HTTPTable:
     """Compile a (validated) snapshot. A pool whose spec is unchanged keeps its balancer and idle
     connections; a changed pool keeps the health of endpoints that remain and, when its TLS settings
@@ -218,7 +230,7 @@ def build_http_table(
         upstreams[spec.id] = Upstream(spec, balancer, ctx, error, settings, metrics, carry)
         pools[spec.id] = balancer
     metrics.insecure_upstreams.set(insecure)
-    vhosts = {v.host: _vhost_entry(v, settings) for v in snapshot.virtual_hosts}
+    vhosts = {v.host: _vhost_entry(v, settings, limits) for v in snapshot.virtual_hosts}
     tls_hosts = {h.host: h for h in snapshot.tls_hosts}
     return HTTPTable(settings, metrics, vhosts, tls_hosts, pools, upstreams, contexts, snapshot.generation)
 
