@@ -82,6 +82,7 @@ class Settings:
     backend_ciphers: str | None = None
     backend_verify_depth: int | None = None
     allow_underscore_headers: bool | None = None
+    access_log: bool | None = None  # None: logged (the data plane's --access-log decides the format)
     origin: Mapping[str, str] = field(default_factory=dict)
     nginx_unverified_https: bool = False  # backend-protocol HTTPS without proxy-ssl-verify: ingress-nginx semantics
 
@@ -369,6 +370,9 @@ SPECS: tuple[Spec, ...] = (
     Spec(NATIVE + "allow-underscore-headers", "allow_underscore_headers", boolean,
          "forward client header names containing '_' (default: dropped, as nginx; trusted names never pass)",
          "true | false (false)"),
+    Spec(NATIVE + "access-log", "access_log", boolean,
+         "one access-log line per request (passthrough: per connection); false: none for this Ingress",
+         "true | false (true)"),
     Spec(NATIVE + "backend-tls-versions", "backend_tls_versions", tls_versions, "TLS versions offered to the backend",
          "TLSv1.2 TLSv1.3"),
     Spec(NATIVE + "backend-ciphers", "backend_ciphers", ciphers, "TLS 1.2 cipher list offered to the backend",

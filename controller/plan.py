@@ -364,7 +364,8 @@ class Planner:
             pool = self._pool(plan, chosen.backend)
             if pool is None:
                 continue
-            row = TLSHost(rule.host, "passthrough", pool_id=pool.id, source=str(ing.ref))
+            row = TLSHost(rule.host, "passthrough", pool_id=pool.id, source=str(ing.ref),
+                          access_log=plan.settings.access_log is not False)
             refused = conformance.tls_host_problems(row, pool)
             if refused:
                 plan.problems.add(ing.ref, "Error", "InvalidTLSSettings", rule.field,
@@ -535,5 +536,5 @@ class Planner:
             path = path.rstrip("/") or "/"
         body = plan.settings.max_body_size
         return Route(path, kind, pool.id, max_body_size=-1 if body is None else body,
-                     source=str(ing.ref))
+                     access_log=plan.settings.access_log is not False, source=str(ing.ref))
 

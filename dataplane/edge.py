@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataplane import clienthello, passthrough
+from dataplane.access_log import AccessLog, ingress_of
 from dataplane.balancer import UpstreamPool
 from dataplane.http.info import ConnectionInfo, client_cert_from_ssl
 from dataplane.limits import ConnectionCounter, Handle, TokenBucket, Whitelist
 from dataplane.metrics import Metrics
-from dataplane.snapshot import TLSHost
+from dataplane.snapshot import Endpoint, TLSHost
 from dataplane.tls import TLSTable
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,8 @@ def _addr(raw: object) -> tuple[str, int]:
 
 
 class HTTPSListener:
+    access_log: AccessLog | None = None  # set by the runtime: one line per passthrough connection
+
     def __init__(self, get_state: Callable[[], EdgeState], metrics: Metrics, settings: EdgeSettings,
                  tracker: Tracker, admission: Admission | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -359,12 +362,29 @@ class HTTPSListener:
                 return
             self.metrics.connections.labels("https", "passthrough").inc()
             request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, balancer.spec,
-                                                     balancer)
+                                                     balancer, self._passthrough_log(row, client_addr, hello.sni))
             self.spawn(self._passthrough(request, lease))
             return
         if hello.sni and row is None:
             self.metrics.passthrough.labels("unknown_sni").inc()
         self.spawn(self._terminate(sock, client_addr, server_addr[1], hello.sni, row, state, lease))
+
+    def _passthrough_log(self, row: TLSHost, client_addr: tuple[str, int], sni: str | None,
+                         ) -> Callable[[Endpoint | None, int, int, float], None] | None:
+        """The access-log hook of one passthrough connection (None: log off, or the row's Ingress opted out)."""
+        alog = self.access_log
+        if alog is None or not alog.enabled or not row.access_log:
+            return None
+        loop = self._loop
+        assert loop is not None
+        begun = loop.time()
+        namespace, name = ingress_of(row.source)
+
+        def on_close(endpoint: Endpoint | None, sent: int, received: int, connect: float) -> None:
+            alog.add((time.time(), client_addr[0], client_addr[1], sni, None, None, None, sni, None, None, None,
+                      200 if endpoint is not None else 502, sent, received, loop.time() - begun, endpoint,
+                      connect, -1.0, "passthrough", b"", namespace, name, None))
+        return on_close
 
     async def _passthrough(self, request: passthrough.PassthroughRequest, lease: Lease) -> None:
         assert self._loop is not None

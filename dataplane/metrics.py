@@ -89,6 +89,13 @@ class Metrics:
             p + "worker_connections", "Connections handed to the HTTP engine or a tunnel, by worker process "
             "(--workers N: how the kernel spreads new connections across them)", ["worker"], registry=r,
         )
+        self.access_log_lines = Counter(
+            p + "access_log_lines", "Access-log lines written to stdout", registry=r,
+        )
+        self.access_log_dropped_lines = Counter(
+            p + "access_log_dropped_lines", "Access-log lines dropped because stdout did not keep up (or is gone)",
+            registry=r,
+        )
 
     def count_dropped_headers(self, trusted: int, underscore: int) -> None:
         """One request's dropped client headers (children made once: ``labels`` takes a lock)."""

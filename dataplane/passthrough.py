@@ -49,6 +49,9 @@ class PassthroughRequest:
     sni: str | None
     pool: Pool
     picker: EndpointPicker
+    # called once when the connection ends: (endpoint or None when none answered, bytes from the client,
+    # bytes to the client, seconds to connect to the backend or -1); the access log's hook
+    on_close: Callable[[Endpoint | None, int, int, float], None] | None = None
 
 
 class _Side(asyncio.Protocol):
@@ -131,9 +134,11 @@ class Relay:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self._lost = 0
         self._on_done = on_done
+        self.moved = {"in": 0, "out": 0}  # whole-connection totals (for the access log)
         self.watch: IdleWatch | None = None
 
     def count_bytes(self, direction: str, n: int) -> None:
+        self.moved[direction] += n
         self.metrics.bytes.labels(direction, "passthrough").inc(n)
 
     def close(self) -> None:
@@ -226,10 +231,17 @@ async def serve(
     if zero_copy and splice.AVAILABLE:
         return await serve_spliced(loop, request, metrics, on_client, idle_timeout)
     relays: dict[Endpoint, Relay] = {}
+    on_close = request.on_close
+    begun = loop.time()
+    connected_after = [-1.0]
 
     def factory(endpoint: Endpoint) -> Callable[[], asyncio.Protocol]:
         def make() -> asyncio.Protocol:
-            relay = relays[endpoint] = Relay(metrics, request.picker, endpoint)
+            done = None
+            if on_close is not None:
+                def done() -> None:
+                    on_close(endpoint, relay.moved["in"], relay.moved["out"], connected_after[0])
+            relay = relays[endpoint] = Relay(metrics, request.picker, endpoint, done)
             return relay.upstream
         return make
 
@@ -241,7 +253,10 @@ async def serve(
     if connected is None:
         _unserved(request, metrics)
         close_gently(request.sock)
+        if on_close is not None:
+            on_close(None, 0, 0, -1.0)
         return False
+    connected_after[0] = loop.time() - begun
     endpoint, upstream_transport = connected
     relay = relays[endpoint]
     request.picker.started(endpoint)
@@ -309,6 +324,8 @@ async def serve_spliced(
     tried: list[Endpoint] = []
     upstream: socket.socket | None = None
     endpoint: Endpoint | None = None
+    on_close = request.on_close
+    begun = loop.time()
     try:
         for _ in range(max(1, len(request.pool.endpoints))):
             endpoint = request.picker.pick(request.client_addr[0], tried)
@@ -328,8 +345,11 @@ async def serve_spliced(
     if upstream is None or endpoint is None:
         _unserved(request, metrics)
         close_gently(request.sock)
+        if on_close is not None:
+            on_close(None, 0, 0, -1.0)
         return False
     chosen = endpoint
+    connected_after = loop.time() - begun
     preamble = proxy_protocol.header(request.pool.proxy_protocol, request.client_addr, request.server_addr,
                                      request.sni)
     try:
@@ -351,6 +371,8 @@ async def serve_spliced(
             metrics.bytes.labels("in", "passthrough").inc(sent)
         if received:
             metrics.bytes.labels("out", "passthrough").inc(received)
+        if on_close is not None:
+            on_close(chosen, sent, received, connected_after)
 
     relay = splice.SpliceRelay(loop, request.sock, upstream, done, idle_timeout)
     metrics.passthrough.labels("routed").inc()

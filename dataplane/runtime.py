@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 
 from dataplane import pem
+from dataplane.access_log import AccessLog, AccessLogFormat
 from dataplane.admin import AdminServer
 from dataplane.edge import (
     Admission,
@@ -66,6 +67,7 @@ class DataPlaneConfig:
     admin_enabled: bool = True  # local mode may drive apply() directly and still want /metrics: keep True
     admin_max_body: int = 64 * 1024 * 1024
     state_file: str | None = None  # last pushed snapshot, restored at start (dataplane/state_file.py)
+    access_log: AccessLogFormat = "off"  # per request/passthrough connection to stdout (the CLI's default: json)
     max_connections: int = 0  # client connections open at once in this process (0: no cap; dataplane/limits.py)
     max_connections_per_ip: int = 0  # the same per client IP (0: no cap)
     max_handshakes_per_second: float = 0.0  # full TLS handshakes begun a second, HTTPS listener (0: no cap)
@@ -90,14 +92,18 @@ class Prepared:
 
 class DataPlane:
     def __init__(self, config: DataPlaneConfig, metrics: Metrics | None = None,
-                 app: AppFactory | None = None, tracker: Tracker | None = None) -> None:
+                 app: AppFactory | None = None, tracker: Tracker | None = None,
+                 access_log: AccessLog | None = None) -> None:
         """``app`` replaces the HTTP engine behind both listeners (tests and tools that speak another protocol);
-        ``tracker`` one that also counts (a worker process counts the connections it serves)."""
+        ``tracker`` one that also counts (a worker process counts the connections it serves); ``access_log``
+        one that writes elsewhere than stdout (tests)."""
         self.config = config
         self._app_override = app
         self.metrics = metrics if metrics is not None else Metrics()
         self.fallback = generate_fallback_certificate()
         self.tracker = tracker if tracker is not None else Tracker()
+        self.access_log = access_log if access_log is not None else AccessLog(
+            config.access_log, self.metrics.access_log_dropped_lines, self.metrics.access_log_lines)
         self.limits = LimitRegistry()  # per-Ingress limit state: survives applies
         self._http_settings = HTTPSettings(
             https_redirect_port=config.https_redirect_port,
@@ -122,6 +128,7 @@ class DataPlane:
                                 max_handshakes_per_second=config.max_handshakes_per_second)
         admission = Admission(settings, self.tracker, self.metrics)  # one count across both listeners
         self._https = HTTPSListener(self._edge_state, self.metrics, settings, self.tracker, admission)
+        self._https.access_log = self.access_log
         self._http = HTTPListener(self._edge_state, self.metrics, self.tracker, admission)
         self._admin: AdminServer | None = None
         self._started = False
@@ -285,7 +292,8 @@ class DataPlane:
         if self._app_override is not None:
             return self._app_override
         ref, metrics = self._table_ref, self.metrics
-        return lambda info: HTTPProtocol(ref, info, metrics)
+        alog = self.access_log if self.access_log.enabled else None
+        return lambda info: HTTPProtocol(ref, info, metrics, alog)
 
     def _close_changed_idle(self) -> None:
         """Idle keep-alive connections whose SNI row changed close now rather than at their next request."""
@@ -335,6 +343,7 @@ class DataPlane:
             await asyncio.sleep(0.05)
         self.tracker.abort_all()
         await self._https.wait_tasks()
+        self.access_log.close()
         if self._admin is not None:
             await self._admin.stop()
             self._admin = None

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from dataplane.access_log import FORMATS as ACCESS_LOG_FORMATS
 from dataplane.admin import AdminConfigError
 from dataplane.http.parser import PARSER_IMPLEMENTATION
 from dataplane.limits import default_max_connections
@@ -102,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "keys) and serve it at once after a restart")
     add("--drain-timeout", type=float, default=_default("drain-timeout", 30.0, float),
         help="seconds live connections get to finish after SIGTERM")
+    add("--access-log", default=_default("access-log", "json"), choices=list(ACCESS_LOG_FORMATS),
+        help="one line per HTTP request and per passthrough connection to stdout (json, nginx-combined-like text, "
+             "or off); never blocks serving: lines stdout cannot take are dropped and counted")
     add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
     add("--log-format", default=_default("log-format", "json"), choices=["json", "text"])
 
@@ -157,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         upgrade_idle_timeout=args.upgrade_idle_timeout,
         max_body_size=args.max_body_size,
         state_file=args.state_file or None,
+        access_log=args.access_log,
         max_connections=default_max_connections() if args.max_connections == -1 else args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         max_handshakes_per_second=args.max_handshakes_per_second,

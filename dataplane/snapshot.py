@@ -145,6 +145,7 @@ class TLSHost:
     ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("": the data plane's own list)
     prefer_server_ciphers: bool = True
     source: str = ""
+    access_log: bool = True  # passthrough: one access-log line per connection (portcullis.io/access-log)
     limit_connections: int = 0  # concurrent connections per client IP to this host, checked after SNI (0: none)
     limit_whitelist: tuple[str, ...] = ()  # client CIDRs exempt from limit_connections
 
@@ -156,6 +157,7 @@ class Route:
     pool_id: str
     max_body_size: int = -1  # request body bytes (-1: the data plane's --max-body-size; 0: no limit)
     source: str = ""
+    access_log: bool = True  # one access-log line per request (portcullis.io/access-log of its Ingress)
     limit_rps: int = 0  # requests a second per client IP, shared by the routes of one source (0: none); 429 beyond
     limit_whitelist: tuple[str, ...] = ()  # client CIDRs exempt from limit_rps
 
@@ -408,6 +410,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
             if host.client_auth.error_page and not _is_url(host.client_auth.error_page):
                 problems.append(f"{where}: client auth error_page must be an absolute http(s) URL")
         problems.extend(f"{where}: {p}" for p in _cipher_problems(host.ciphers))
+        if not isinstance(host.access_log, bool):
+            problems.append(f"{where}: access_log must be true or false")
         problems.extend(f"{where}: {p}" for p in _limit_problems(host.limit_connections, host.limit_whitelist,
                                                                   "limit_connections"))
 
@@ -430,6 +434,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
                 problems.append(f"{where}: route path {route.path!r} must start with /")
             if route.max_body_size < -1:
                 problems.append(f"{where}: route {route.path}: max_body_size must be >= -1")
+            if not isinstance(route.access_log, bool):
+                problems.append(f"{where}: route {route.path}: access_log must be true or false")
             problems.extend(f"{where}: route {route.path}: {p}"
                             for p in _limit_problems(route.limit_rps, route.limit_whitelist, "limit_rps"))
             if (route.path, route.path_type) in seen_paths:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import cast
 
+from dataplane.access_log import AccessLog
 from dataplane.http.framing import (
     LAST_CHUNK,
     BodyReader,
@@ -44,6 +46,7 @@ from dataplane.http.table import (
     TLS_CLOSE_AFTER,
     TLS_REFUSE,
     TLS_SAME,
+    Forward,
     HTTPTable,
     Local,
     TableRef,
@@ -77,7 +80,8 @@ class HTTPProtocol(asyncio.Protocol):
     on a transport that did its own TLS handshake the client certificate is read from it too.
     """
 
-    def __init__(self, table: HTTPTable | TableRef, info: ConnectionInfo, metrics: Metrics) -> None:
+    def __init__(self, table: HTTPTable | TableRef, info: ConnectionInfo, metrics: Metrics,
+                 access_log: AccessLog | None = None) -> None:
         # Route, pool and endpoint come from ``ref.table`` for each request: a snapshot applied while
         # this connection is open reaches its next request. ``_table`` is the one the current request uses.
         self._ref = table if isinstance(table, TableRef) else TableRef(table)
@@ -128,6 +132,16 @@ class HTTPProtocol(asyncio.Protocol):
         self._last_out = 0.0  # last tunnel byte to the client
         self._stall_since = 0.0  # client write buffer last seen shrinking (while writes are paused)
         self._stall_size = 0
+        # access log (None: off): connection byte totals, and what the current exchange learned on the way
+        self._alog = access_log if access_log is not None and access_log.enabled else None
+        self._in = self._out = self._in0 = self._out0 = 0
+        self._tls: tuple[str | None, str | None, bool | None] | None = None  # read once, at the first line
+        self._fwd: Forward | None = None
+        self._ep: Endpoint | None = None
+        self._t_conn = self._t_head = -1.0
+        self._rid = b""
+        self._status = 0
+        self._logged = True
 
     # --- asyncio callbacks: client side ---------------------------------------------------------
 
@@ -146,6 +160,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._enter_idle(self._settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self._in += len(data)
         state = self._state
         if state == _CL_TUNNEL:
             self._last_in = self._now()
@@ -206,6 +221,8 @@ class HTTPProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._logged:  # the exchange ended without a complete response (client gone, timeout, tunnel end)
+            self._log(self._status if self._resp_started else 499)
         self._state = _CL_CLOSED
         self._cancel_timer()
         if self._connecting is not None:
@@ -249,6 +266,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._state = _CL_REQUEST
         self._req = req
         self._started = self._now()
+        if self._alog is not None:
+            self._exchange_started()
         table = self._table = self._ref.table
         if self._https:
             if table is not self._checked and self._check_tls_row(table, req):
@@ -271,6 +290,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         vhost = decision.vhost
         self._label = vhost.label
+        self._fwd = decision
         if decision.rate is not None and self._rate_limited(decision.rate):
             return
         self._hsts = vhost.hsts if self._https else None
@@ -297,7 +317,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._tried = []
         self._last_error = None
         self._retried = False
-        self._up_head = upstream_request_head(req, self._block, request_id(req.request_id),
+        self._rid = rid = request_id(req.request_id)
+        self._up_head = upstream_request_head(req, self._block, rid,
                                               vhost.allow_underscore_headers, self._metrics)
         self._send(fresh=False)
 
@@ -401,6 +422,8 @@ class HTTPProtocol(asyncio.Protocol):
         assert req is not None and upstream is not None
         self._conn = conn
         self._reused = reused
+        self._ep = conn.endpoint
+        self._t_conn = self._now()
         upstream.balancer.started(conn.endpoint)
         conn.start(self, self._up_head, req.method == b"HEAD")
         if self._client_write_paused:
@@ -467,7 +490,8 @@ class HTTPProtocol(asyncio.Protocol):
         req = self._req
         transport = self._transport
         assert req is not None and transport is not None
-        status = resp.status
+        status = self._status = resp.status
+        self._t_head = self._now()
         if status < 200 and status != 101:
             if req.version == 11:
                 transport.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, REASONS.get(status, resp.reason)))
@@ -504,6 +528,7 @@ class HTTPProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         pending = self._pending
+        self._out += len(pending) + len(data)
         if self._framing == CHUNKED:
             transport.write(b"%b%x\r\n%b\r\n" % (pending, len(data), data))
         elif pending:
@@ -514,6 +539,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def upstream_flush(self) -> None:
         if self._pending and self._transport is not None:
+            self._out += len(self._pending)
             self._transport.write(self._pending)
             self._pending = b""
 
@@ -524,7 +550,10 @@ class HTTPProtocol(asyncio.Protocol):
             transport.write(self._pending + LAST_CHUNK)
         elif self._pending:
             transport.write(self._pending)
+        self._out += len(self._pending)
         self._pending = b""
+        if not self._logged:
+            self._log(self._status)
         conn = self._conn
         self._conn = None
         if conn is not None:
@@ -563,6 +592,7 @@ class HTTPProtocol(asyncio.Protocol):
     def upstream_tunnel(self, data: bytes) -> None:
         if self._transport is not None:
             self._last_out = self._now()
+            self._out += len(data)
             self._transport.write(data)
 
     def upstream_pause_writing(self) -> None:
@@ -590,7 +620,13 @@ class HTTPProtocol(asyncio.Protocol):
             return
         req = self._req if self._state == _CL_REQUEST else None
         head_only = req is not None and req.method == b"HEAD"
-        transport.write(local_response(status, message, close, extra, head_only))
+        response = local_response(status, message, close, extra, head_only)
+        transport.write(response)
+        if self._alog is not None:
+            self._out += len(response)
+            if req is None:  # a head that did not parse: nothing of an earlier exchange applies
+                self._exchange_started()
+            self._log(status, req)
         self._table.count(self._label if req is not None else NO_HOST_LABEL, status)
         if status >= 500:
             log.debug("proxy error", extra={"status": status, "reason": message, "host": self._label})
@@ -600,6 +636,52 @@ class HTTPProtocol(asyncio.Protocol):
             self._close()
         else:
             self._enter_idle(self._settings.keepalive_timeout)
+
+    # --- access log -------------------------------------------------------------------------------
+
+    def _exchange_started(self) -> None:
+        self._logged = False
+        self._fwd = None
+        self._ep = None
+        self._t_conn = self._t_head = -1.0
+        self._rid = b""
+        self._status = 0
+
+    def _log(self, status: int, req: RequestHead | None = None) -> None:
+        """One access-log record for the exchange that just ended (values as they are; the writer formats)."""
+        self._logged = True
+        alog = self._alog
+        if alog is None:
+            return
+        in0, out0 = self._in0, self._out0
+        in_now = self._in - len(self._buf)  # bytes still buffered belong to the next exchange
+        self._in0, self._out0 = in_now, self._out
+        req = req if req is not None else self._req
+        fwd = self._fwd if req is not None else None
+        source = fwd.log if fwd is not None else ("", "")
+        if source is None:  # the route's Ingress says portcullis.io/access-log: "false"
+            return
+        info = self._info
+        tls = self._tls
+        if tls is None:
+            ssl_object = self._transport.get_extra_info("ssl_object") if self._transport is not None else None
+            tls = self._tls = ((ssl_object.version(), (ssl_object.cipher() or ("",))[0], ssl_object.session_reused)
+                               if ssl_object is not None else (None, None, None))
+        cert = info.client_cert
+        upstream = self._upstream
+        started = self._started if req is not None else self._now()
+        alog.add((
+            time.time(), info.client_addr[0], info.client_addr[1], info.sni, tls[0], tls[1], tls[2],
+            req.host if req is not None else None, req.method if req is not None else None,
+            req.path if req is not None else None, req.version if req is not None else None, status,
+            in_now - in0, self._out - out0, self._now() - started, self._ep if req is not None else None,
+            self._t_conn - started if self._t_conn >= 0 else -1.0,
+            self._t_head - started if self._t_head >= 0 else -1.0,
+            "http" if not self._https else (
+                "reencrypt" if upstream is not None and upstream.spec.tls is not None else "offload"),
+            self._rid if req is not None else b"", source[0], source[1],
+            cert.subject_dn if cert is not None and cert.verified else None,
+        ))
 
     def _enter_idle(self, timeout: float) -> None:
         self._state = _CL_IDLE

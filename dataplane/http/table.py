@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataplane.access_log import ingress_of
 from dataplane.balancer import UpstreamPool
 from dataplane.hosts import HostTable
 from dataplane.http.parser import RequestHead
@@ -37,6 +38,7 @@ class Forward:
     pool_id: str
     max_body: int = 0  # request body bytes allowed (0: no limit); the route's value, default resolved
     rate: RateLimit | None = None  # limit-rps per client IP (shared by the routes of one Ingress); None: none
+    log: tuple[str, str] | None = ("", "")  # access log: the route's Ingress (namespace, name); None: not logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +96,18 @@ def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings, limits: LimitRegist
         path = canonical_route_path(route.path)  # the form requests are normalised to (http/path.py)
         trimmed = path.rstrip("/")
         forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings),
-                          _rate_limit(route, vhost, limits))
+                          _rate_limit(route, vhost, limits), log=log_source(route.source, route.access_log))
         if route.path_type == "Exact":
             routes.append((path, True, "", forward))
         else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
             routes.append((trimmed, False, trimmed + "/" if trimmed else "", forward))
     object.__setattr__(entry, "routes", tuple(routes))
     return entry
+
+
+def log_source(source: str, enabled: bool = True) -> tuple[str, str] | None:
+    """A snapshot ``source`` ("Ingress ns/name") as the access log's (namespace, name); None: not logged."""
+    return ingress_of(source) if enabled else None
 
 
 def match_cn_patterns(tls_hosts: Mapping[str, TLSHost]) -> dict[str, re.Pattern[str] | None]:
