@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_args
 
 from controller.problems import ObjectRef, Problem
+from dataplane.limits import parse_whitelist
 from dataplane.snapshot import ClientAuthMode, InsecurePolicy, LoadBalance, ProxyProtocol, TLSVersion
 
 NATIVE = "portcullis.io/"
@@ -83,6 +84,9 @@ class Settings:
     backend_verify_depth: int | None = None
     allow_underscore_headers: bool | None = None
     access_log: bool | None = None  # None: logged (the data plane's --access-log decides the format)
+    limit_connections: int | None = None  # concurrent connections per client IP to the Ingress's TLS hosts
+    limit_rps: int | None = None  # requests a second per client IP to the Ingress's routes (burst 5x)
+    limit_whitelist: tuple[str, ...] | None = None  # client CIDRs exempt from both
     origin: Mapping[str, str] = field(default_factory=dict)
     nginx_unverified_https: bool = False  # backend-protocol HTTPS without proxy-ssl-verify: ingress-nginx semantics
 
@@ -195,6 +199,25 @@ def integer(value: str) -> int:
     if not _INTEGER.match(text):
         raise ValueError("must be a whole number written with the digits 0-9")
     return int(text)
+
+
+def limit(value: str, _: Context) -> int:
+    """limit-connections / limit-rps: a count per client IP; 0 turns the limit off."""
+    number = integer(value)
+    if number > 1_000_000:
+        raise ValueError("must be at most 1000000 (0: no limit)")
+    return number
+
+
+def cidrs(value: str, _: Context) -> tuple[str, ...]:
+    """limit-whitelist: comma-separated CIDRs or addresses (ingress-nginx's syntax)."""
+    entries = tuple(e.strip() for e in value.split(",") if e.strip())
+    problems = parse_whitelist(entries)[1]
+    if problems:
+        raise ValueError("; ".join(problems))
+    if len(entries) > 1000:
+        raise ValueError("at most 1000 entries")
+    return entries
 
 
 def depth(value: str, _: Context) -> int:
@@ -379,6 +402,14 @@ SPECS: tuple[Spec, ...] = (
          "OpenSSL cipher list"),
     Spec(NATIVE + "backend-verify-depth", "backend_verify_depth", depth, "longest backend certificate chain",
          "1-10"),
+    Spec(NATIVE + "limit-connections", "limit_connections", limit,
+         "concurrent connections per client IP to the Ingress's TLS hosts, checked once the SNI is known; "
+         "beyond, closed before the handshake", "count (0: none)"),
+    Spec(NATIVE + "limit-rps", "limit_rps", limit,
+         "requests a second per client IP to the Ingress's routes (burst 5x); beyond, 429 with Retry-After",
+         "count (0: none)"),
+    Spec(NATIVE + "limit-whitelist", "limit_whitelist", cidrs, "client addresses exempt from both limits",
+         "CIDR list: 10.0.0.0/8,192.168.1.7"),
     # ingress-nginx (original semantics; insecure ones are flagged by the renderer)
     Spec(NGINX + "ssl-passthrough", "mode", nginx_true_means("passthrough"), "TLS passthrough", "true | false"),
     Spec(NGINX + "backend-protocol", "mode", nginx_backend_protocol, "HTTPS: TLS to the backend (not verified "
@@ -402,6 +433,10 @@ SPECS: tuple[Spec, ...] = (
     Spec(NGINX + "ssl-ciphers", "tls_ciphers", ciphers, "TLS 1.2 cipher list per host", "OpenSSL cipher list"),
     Spec(NGINX + "ssl-prefer-server-ciphers", "tls_prefer_server_ciphers", boolean, "server's cipher order wins",
          "true | false"),
+    Spec(NGINX + "limit-connections", "limit_connections", limit,
+         "concurrent connections per client IP (TLS hosts, after SNI)", "count"),
+    Spec(NGINX + "limit-rps", "limit_rps", limit, "requests a second per client IP (burst 5x; 429)", "count"),
+    Spec(NGINX + "limit-whitelist", "limit_whitelist", cidrs, "client CIDRs exempt from the limits", "CIDR list"),
     Spec(NGINX + "proxy-body-size", "max_body_size", size, "request body limit", "size: 1m, 8m; 0 = no limit"),
     Spec(NGINX + "proxy-connect-timeout", "connect_timeout", seconds, "backend connect timeout", "seconds"),
     Spec(NGINX + "proxy-read-timeout", "read_timeout", seconds, "backend read timeout", "seconds"),

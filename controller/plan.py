@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from controller import annotations as ann
 from controller import conformance
@@ -97,7 +97,23 @@ _MEANINGFUL: dict[str, tuple[PlanMode, ...]] = {
     "backend_tls_versions": ("reencrypt",),
     "backend_ciphers": ("reencrypt",),
     "backend_verify_depth": ("reencrypt",),
+    "limit_rps": ("offload", "reencrypt", HTTP_ONLY),
+    "limit_connections": ("passthrough", "offload", "reencrypt"),  # counted once the SNI is known
 }
+
+
+def host_limits(settings: ann.Settings) -> dict[str, Any]:
+    """limit-connections (and its whitelist) for the Ingress's TLS rows."""
+    if not settings.limit_connections:
+        return {}
+    return {"limit_connections": settings.limit_connections, "limit_whitelist": settings.limit_whitelist or ()}
+
+
+def route_limits(settings: ann.Settings) -> dict[str, Any]:
+    """limit-rps (and its whitelist) for the Ingress's routes."""
+    if not settings.limit_rps:
+        return {}
+    return {"limit_rps": settings.limit_rps, "limit_whitelist": settings.limit_whitelist or ()}
 
 
 def decide_mode(ingress: Ingress, settings: ann.Settings) -> PlanMode:
@@ -364,7 +380,7 @@ class Planner:
             pool = self._pool(plan, chosen.backend)
             if pool is None:
                 continue
-            row = TLSHost(rule.host, "passthrough", pool_id=pool.id, source=str(ing.ref),
+            row = TLSHost(rule.host, "passthrough", pool_id=pool.id, **host_limits(plan.settings), source=str(ing.ref),
                           access_log=plan.settings.access_log is not False)
             refused = conformance.tls_host_problems(row, pool)
             if refused:
@@ -434,6 +450,7 @@ class Planner:
             for host, cert_id in certs.items():
                 plan.tls_rows[host] = TLSHost(
                     host, "terminate", certificate_id=cert_id, min_version=settings.tls_min_version or "1.2",
+                    **host_limits(settings),
                     client_auth=client_auth, ciphers=settings.tls_ciphers or "",
                     prefer_server_ciphers=settings.tls_prefer_server_ciphers is not False, source=str(ing.ref),
                 )
@@ -535,6 +552,6 @@ class Planner:
         if kind == "Prefix" and len(path) > 1:
             path = path.rstrip("/") or "/"
         body = plan.settings.max_body_size
-        return Route(path, kind, pool.id, max_body_size=-1 if body is None else body,
+        return Route(path, kind, pool.id, **route_limits(plan.settings), max_body_size=-1 if body is None else body,
                      access_log=plan.settings.access_log is not False, source=str(ing.ref))
 
