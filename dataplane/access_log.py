@@ -37,7 +37,9 @@ HTTP_FIELDS = (
     "upstream_response_time", "mode", "request_id", "namespace", "ingress", "client_subject",
 )
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
-MAX_FIELD = 512  # client-controlled text is cut here (with "...") so a whole line stays below PIPE_BUF
+# Client-controlled text (host, path, SNI, subject) is cut to MAX_FIELD characters, and to fewer when escaping
+# would make it longer than 2 * MAX_FIELD, so a whole line (4 such fields, the rest bounded) stays below PIPE_BUF.
+MAX_FIELD = 320
 FLUSH_AFTER = 0.05  # seconds a record may wait on the loop before its batch goes to the writer
 FLUSH_RECORDS = 256  # ... or this many records, whichever comes first
 MAX_PENDING = 20000  # records handed to the writer and not yet written; beyond, batches are dropped
@@ -57,7 +59,10 @@ def _cut(value: str) -> str:
 
 def _q(value: str | None) -> str:
     """A JSON string (or null): control characters and non-ASCII escaped, length bounded."""
-    return "null" if value is None else _qs(_cut(value))
+    if value is None:
+        return "null"
+    out: str = _qs(_cut(value))
+    return out if len(out) <= 2 * MAX_FIELD else _qs(value[: MAX_FIELD // 6] + "...")
 
 
 def _ms(seconds: float) -> str:
@@ -130,14 +135,16 @@ def format_json(rec: Sequence[Any], clock: _Clock) -> str:
     )
 
 
-_TEXT_ESCAPES = {c: f"\\x{c:02X}" for c in range(0x20)} | {0x22: "\\x22", 0x5C: "\\x5C", 0x7F: "\\x7F"}
+_TEXT_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
 
 
 def _t(value: str | None) -> str:
-    """nginx's escaping for ``log_format escape=default``: ``"``, ``\\``, control bytes as ``\\xHH``; "-" for none."""
+    """nginx's escaping for ``log_format escape=default``: ``"``, ``\\``, control and non-ASCII bytes as ``\\xHH``
+    (text beyond Latin-1 is backslash-escaped when the line is encoded); "-" for none."""
     if not value:
         return "-"
-    return _cut(value).translate(_TEXT_ESCAPES)
+    out = _cut(value).translate(_TEXT_ESCAPES)
+    return out if len(out) <= 2 * MAX_FIELD else value[: MAX_FIELD // 4].translate(_TEXT_ESCAPES) + "..."
 
 
 def format_text(rec: Sequence[Any], clock: _Clock) -> str:
@@ -165,7 +172,7 @@ def chunks(lines: Sequence[str], limit: int = PIPE_BUF) -> list[bytes]:
     current: list[bytes] = []
     size = 0
     for line in lines:
-        data = line.encode("ascii", "replace")
+        data = line.encode("ascii", "backslashreplace")
         if current and size + len(data) > limit:
             out.append(b"".join(current))
             current, size = [], 0
