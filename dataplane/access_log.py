@@ -143,6 +143,9 @@ def _t(value: str | None) -> str:
     (text beyond Latin-1 is backslash-escaped when the line is encoded); "-" for none."""
     if not value:
         return "-"
+    if len(value) <= MAX_FIELD and value.isascii() and value.isprintable() and '"' not in value \
+            and "\\" not in value:
+        return value  # the common case: nothing to escape
     out = _cut(value).translate(_TEXT_ESCAPES)
     return out if len(out) <= 2 * MAX_FIELD else value[: MAX_FIELD // 4].translate(_TEXT_ESCAPES) + "..."
 
