@@ -24,6 +24,7 @@ from controller.model import Inputs
 from controller.problems import Problem
 from controller.render import RenderConfig, render
 from controller.render_cli import add_render_config_arguments, print_problems, render_config
+from dataplane.access_log import FORMATS as ACCESS_LOG_FORMATS
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import Snapshot
 
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--https-redirect-port", type=int, default=None,
                         help="port in redirects to https (default: --https-port)")
     parser.add_argument("--watch-interval", type=float, default=0.5, help="seconds between file checks (0: off)")
+    parser.add_argument("--access-log", default=env("PORTCULLIS_ACCESS_LOG") or "json",
+                        choices=list(ACCESS_LOG_FORMATS),
+                        help="one line per request / passthrough connection to stdout (as portcullis dataplane)")
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def _summary(server: LocalServer) -> str:
 async def serve(args: argparse.Namespace) -> int:
     config = DataPlaneConfig(
         bind=args.bind, https_port=args.https_port, http_port=args.http_port, admin_port=args.admin_port,
-        https_redirect_port=args.https_redirect_port or args.https_port,
+        https_redirect_port=args.https_redirect_port or args.https_port, access_log=args.access_log,
     )
     server = LocalServer(args.paths, render_config(args), config)
     if await server.reload() and server.dataplane.checksum is None:
