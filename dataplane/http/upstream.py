@@ -309,9 +309,10 @@ class UpstreamConnection(asyncio.Protocol):
                 data = data[end + 4:]
             else:
                 buf += data
-                head = self._heads.read(buf)
-                if head is None:
+                whole = self._heads.read(buf)
+                if whole is None:
                     return
+                head = whole
                 data = bytes(buf)
                 buf.clear()
             resp = parse_response_head(head)
@@ -334,6 +335,13 @@ class UpstreamConnection(asyncio.Protocol):
             elif resp.chunked:
                 self._body = ChunkedReader(502)
             elif resp.content_length > 0:
+                if len(data) == resp.content_length:
+                    # The whole body came in the read with the head (small responses): no body reader.
+                    sink.upstream_head(resp)
+                    if self.sink is not None:
+                        sink.upstream_body(data)
+                        self._finish()
+                    return
                 self._body = LengthReader(resp.content_length)
             elif resp.content_length == 0:
                 self.state = _UP_DONE
@@ -415,7 +423,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The exchange is over: back to the idle pool when the connection is in a clean state."""
         self.sink = None
         self.resume_reading()
-        self._cancel_timer()
         if self.state == _UP_DONE and self._reusable and request_complete and self.transport is not None \
                 and not self.transport.is_closing():
             self.state = _UP_IDLE
@@ -441,8 +448,9 @@ class UpstreamConnection(asyncio.Protocol):
     # --- internals ---
 
     def _finish(self) -> None:
+        # The read timer stays armed (it does nothing while no exchange runs, and ``start`` of the next
+        # exchange finds it set): creating and cancelling a timer per exchange is a measurable cost.
         self.state = _UP_DONE
-        self._cancel_timer()
         sink = self.sink
         if sink is not None:
             sink.upstream_done()
