@@ -44,6 +44,10 @@ spec:
     - --admin-token-file={{ $push }}/token
     - --https-redirect-port={{ $dp.httpsRedirectPort }}
     - --workers={{ include "portcullis.dataplaneWorkers" . }}
+    - --access-log={{ $dp.accessLog }}
+    - --max-connections={{ $dp.limits.maxConnections }}
+    - --max-connections-per-ip={{ $dp.limits.maxConnectionsPerIP }}
+    - --max-handshakes-per-second={{ $dp.limits.maxHandshakesPerSecond }}
     - --drain-timeout={{ $dp.drainTimeoutSeconds }}
     - --state-file=/run/portcullis/snapshot.json
     {{- range $dp.extraArgs }}
