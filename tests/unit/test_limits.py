@@ -97,3 +97,26 @@ def test_default_max_connections_leaves_a_reserve() -> None:
     assert default_max_connections(1024) == 384
     assert default_max_connections(100) == 64
     assert default_max_connections() >= 64
+
+
+def test_dataplane_flags_reach_the_config_and_bad_values_are_refused() -> None:
+    import argparse
+
+    import pytest
+
+    from dataplane.runtime import DataPlaneConfig
+    from dataplane.server import add_arguments, config_from_args
+
+    def config(*argv: str) -> DataPlaneConfig:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return config_from_args(parser.parse_args(list(argv)))
+
+    cfg = config("--max-connections", "500", "--max-connections-per-ip", "20", "--max-handshakes-per-second", "300")
+    assert (cfg.max_connections, cfg.max_connections_per_ip, cfg.max_handshakes_per_second) == (500, 20, 300.0)
+    assert config().max_connections == default_max_connections()
+    assert config("--max-connections", "0").max_connections == 0
+    for bad in (("--max-connections", "-2"), ("--max-connections-per-ip", "-1"),
+                ("--max-handshakes-per-second", "nan")):
+        with pytest.raises(SystemExit):
+            config(*bad)
