@@ -54,7 +54,7 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def check_schema(line: str) -> dict[str, Any]:
-    record = json.loads(line)
+    record: dict[str, Any] = json.loads(line)
     assert set(record) == set(SCHEMA) == set(HTTP_FIELDS), sorted(set(record) ^ set(SCHEMA))
     for name, types in SCHEMA.items():
         value = record[name]
