@@ -28,5 +28,5 @@ def test_values_reach_the_flags() -> None:
 @pytest.mark.parametrize("bad", [{"maxConnections": -2}, {"maxConnectionsPerIP": "ten"},
                                  {"maxHandshakesPerSecond": -1}, {"maxConnection": 5}])
 def test_the_schema_refuses_what_the_data_plane_would_refuse(bad: dict[str, Any]) -> None:
-    with pytest.raises(Exception, match="limits|maxConn|maxHand"):
+    with pytest.raises(Exception, match=r"limits|maxConn|maxHand"):
         render({"dataplane": {"limits": bad}})
