@@ -180,11 +180,18 @@ class AdminServer:
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         """What holds for every push, whatever its encoding: ``If-None-Match: *`` (fill only an empty
         data plane, used by controllers that are not leading) answers 412 once a snapshot is applied,
-        and JSON nested past the interpreter's recursion limit is a 422, never a 500 with a traceback."""
-        if request.method in ("PUT", "PATCH") and request.path == "/snapshot" and self._authorised(request) \
-                and request.headers.get("If-None-Match", "").strip() == "*" and self.dataplane.ready:
-            return web.json_response({"errors": ["a snapshot is already applied (If-None-Match: *)"],
-                                      **self._state()}, status=412)
+        and JSON nested past the interpreter's recursion limit is a 422, never a 500 with a traceback.
+        Every ``/snapshot`` request is authenticated here first (401)."""
+        if request.path == "/snapshot":
+            if not self._authorised(request):
+                if request.method != "GET":
+                    log.warning("snapshot push refused: bad or missing token", extra={"peer": request.remote})
+                return web.json_response({"errors": ["unauthorised"]}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+            if request.method in ("PUT", "PATCH") and request.headers.get("If-None-Match", "").strip() == "*" \
+                    and self.dataplane.ready:
+                return web.json_response({"errors": ["a snapshot is already applied (If-None-Match: *)"],
+                                          **self._state()}, status=412)
         try:
             return await handler(request)
         except RecursionError:
@@ -198,31 +205,19 @@ class AdminServer:
         return {"generation": self.dataplane.generation, "checksum": self.dataplane.checksum}
 
     async def put_snapshot(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            log.warning("snapshot push refused: bad or missing token", extra={"peer": request.remote})
-            return web.json_response({"errors": ["unauthorised"]}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
-        try:
-            body = await self._body(request)
-            snapshot = await asyncio.to_thread(parse_snapshot, body)  # megabytes at 10k hosts
-        except push_body.BodyError as exc:
-            return web.json_response({"errors": [str(exc)]}, status=exc.status)
-        except SnapshotFormatError as exc:
-            self.dataplane.metrics.snapshot_applies.labels("invalid").inc()
-            return web.json_response({"errors": [str(exc)]}, status=422)
-        return await self._apply(snapshot)
+        return await self._push(request, parse_snapshot)
 
     async def patch_snapshot(self, request: web.Request) -> web.Response:
         """A delta (``dataplane.push_body``): the snapshot minus certificate material this data plane holds."""
-        if not self._authorised(request):
-            log.warning("snapshot push refused: bad or missing token", extra={"peer": request.remote})
-            return web.json_response({"errors": ["unauthorised"]}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+        applied = self.dataplane.snapshot if self.dataplane.ready else None
+        checksum = self.dataplane.checksum
+        return await self._push(request, lambda body: push_body.apply_delta(applied, checksum, _parse_json(body)))
+
+    async def _push(self, request: web.Request, decode: Callable[[bytes], Snapshot]) -> web.Response:
+        """Read, inflate and decode one push off the loop (megabytes at 10k hosts), then apply it."""
         try:
             body = await self._body(request)
-            delta = await asyncio.to_thread(_parse_json, body)
-            applied = self.dataplane.snapshot if self.dataplane.ready else None
-            snapshot = await asyncio.to_thread(push_body.apply_delta, applied, self.dataplane.checksum, delta)
+            snapshot = await asyncio.to_thread(decode, body)
         except push_body.BodyError as exc:
             return web.json_response({"errors": [str(exc)]}, status=exc.status)
         except push_body.BaseMismatch as exc:
@@ -265,8 +260,6 @@ class AdminServer:
         return web.json_response(self._state())
 
     async def get_snapshot(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"errors": ["unauthorised"]}, status=401, headers={"WWW-Authenticate": "Bearer"})
         return web.json_response(self._state())
 
     async def livez(self, request: web.Request) -> web.Response:
