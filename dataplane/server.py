@@ -168,6 +168,20 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
     )
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """Set by SIGTERM/SIGINT: the cue to stop accepting and drain."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _warn_without_token(config: DataPlaneConfig) -> None:
+    if config.admin_token is None:
+        log.warning("no --admin-token-file: snapshot pushes will be refused (401)")
+
+
 async def serve(config: DataPlaneConfig, ready: Callable[[DataPlane], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT, then stop accepting and drain (bounded)."""
     dataplane = DataPlane(config)
@@ -181,12 +195,8 @@ async def serve(config: DataPlaneConfig, ready: Callable[[DataPlane], None] | No
         log.error("cannot bind a listener: %s", exc)
         print(f"error: cannot bind a listener: {exc}", file=sys.stderr)
         return 1
-    if config.admin_token is None:
-        log.warning("no --admin-token-file: snapshot pushes will be refused (401)")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _warn_without_token(config)
+    stop = _stop_on_signals()
     if ready is not None:
         ready(dataplane)
     print(f"portcullis dataplane: https {dataplane.https_port}, http {dataplane.http_port}, "
@@ -219,12 +229,8 @@ async def serve_workers(config: DataPlaneConfig, workers: int, log_level: str = 
         await pool.stop(drain_timeout=0)
         print(f"error: cannot bind a listener: {exc}", file=sys.stderr)
         return 1
-    if config.admin_token is None:
-        log.warning("no --admin-token-file: snapshot pushes will be refused (401)")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _warn_without_token(config)
+    stop = _stop_on_signals()
     print(f"portcullis dataplane: https {pool.https_port}, http {pool.http_port}, admin {admin.port}, "
           f"workers {workers}", file=sys.stderr, flush=True)
     await stop.wait()
