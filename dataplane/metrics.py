@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dataplane.snapshot import Certificate, Snapshot
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -96,6 +98,16 @@ class Metrics:
             p + "access_log_dropped_lines", "Access-log lines dropped because stdout did not keep up (or is gone)",
             registry=r,
         )
+
+    def report_certificates(self, snapshot: Snapshot, fallback: Certificate | None = None) -> None:
+        """Expiry of every certificate the snapshot serves, and of ``fallback`` while it names no default."""
+        gauge = self.certificate_not_after
+        gauge.clear()
+        for cert in snapshot.certificates:
+            if cert.not_after:
+                gauge.labels(cert.id, ",".join(cert.names)[:200]).set(cert.not_after)
+        if fallback is not None and snapshot.default_certificate_id is None:
+            gauge.labels(fallback.id, "fallback").set(fallback.not_after)
 
     def count_dropped_headers(self, trusted: int, underscore: int) -> None:
         """One request's dropped client headers (children made once: ``labels`` takes a lock)."""

@@ -304,13 +304,7 @@ class DataPlane:
                 proto.table_swapped()
 
     def _report_certificates(self, snapshot: Snapshot) -> None:
-        gauge = self.metrics.certificate_not_after
-        gauge.clear()
-        for cert in snapshot.certificates:
-            if cert.not_after:
-                gauge.labels(cert.id, ",".join(cert.names)[:200]).set(cert.not_after)
-        if snapshot.default_certificate_id is None:
-            gauge.labels(self.fallback.id, "fallback").set(self.fallback.not_after)
+        self.metrics.report_certificates(snapshot, self.fallback)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -198,7 +198,7 @@ class WorkerPool:
             self.metrics.snapshot_generation.set(snapshot.generation)
             self.metrics.snapshot_applies.labels("applied").inc()
             self.metrics.snapshot_apply_seconds.observe(time.perf_counter() - started)
-            await asyncio.to_thread(self._report_certificates, snapshot)
+            await asyncio.to_thread(self.metrics.report_certificates, snapshot)
             log.info("snapshot applied", extra={"generation": snapshot.generation, "checksum": self._checksum,
                                                 "workers": len(workers)})
             return []
@@ -206,13 +206,6 @@ class WorkerPool:
     async def _abort(self, workers: list[_Worker]) -> None:
         await asyncio.gather(*(w.request({"op": "abort"}) for w in workers if not w.exited.is_set()),
                              return_exceptions=True)
-
-    def _report_certificates(self, snapshot: Snapshot) -> None:
-        gauge = self.metrics.certificate_not_after
-        gauge.clear()
-        for cert in snapshot.certificates:
-            if cert.not_after:
-                gauge.labels(cert.id, ",".join(cert.names)[:200]).set(cert.not_after)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
