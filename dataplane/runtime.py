@@ -270,7 +270,7 @@ class DataPlane:
         if tls is None:
             return tls_errors
         http_table = self._build_http(snapshot, previous.http_table if previous else None)
-        edge = EdgeState(tls, self._app_factory(http_table), http_table.pools, self._conn_limits(snapshot))
+        edge = EdgeState(tls, self._app_factory(), http_table.pools, self._conn_limits(snapshot))
         checksum = snapshot.checksum or snapshot.canonical().checksum
         return _Applied(snapshot, checksum, edge, http_table, frozenset(seen))
 
@@ -287,8 +287,9 @@ class DataPlane:
                 limits[row.host] = HostConnLimit(row.limit_connections, counter, Whitelist(networks))
         return limits
 
-    def _app_factory(self, http_table: HTTPTable) -> AppFactory:
-        """The HTTP engine behind both listeners; it reads the current table through the shared ref."""
+    def _app_factory(self) -> AppFactory:
+        """The HTTP engine behind both listeners; it reads the current table through the shared ref
+        for every request, so the factory does not depend on the snapshot being built."""
         if self._app_override is not None:
             return self._app_override
         ref, metrics = self._table_ref, self.metrics
