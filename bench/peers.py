@@ -288,7 +288,10 @@ def portcullis_argv(world: World) -> list[str]:
     p = world.ports
     return [str(exe), "local", "-f", str(world.dir / "manifests"), "--bind", BIND,
             "--https-port", str(p.portcullis_https), "--http-port", str(p.portcullis_http),
-            "--admin-port", str(p.portcullis_admin)]
+            "--admin-port", str(p.portcullis_admin),
+            # Like for like: the nginx peer runs with access_log off and HAProxy logs errors only. The
+            # access log's own cost is measured apart (bench/access_log_micro.py).
+            "--access-log", "off"]
 
 
 def start_portcullis(world: World, cpu: str | None, timeout: float = 30.0) -> Proc:
