@@ -222,7 +222,7 @@ class _Handoff(asyncio.Protocol):
                 transport.abort()  # type: ignore[attr-defined]
                 return
         self.tracker.add(transport)
-        self.metrics.connections.labels(self.listener, self.mode).inc()
+        self.metrics.child(self.metrics.connections, self.listener, self.mode).inc()
         inner = self.app(self.make(transport))
         transport.set_protocol(inner)
         inner.connection_made(transport)
@@ -360,7 +360,7 @@ class HTTPSListener:
                 lease.closed = True
                 sock.close()
                 return
-            self.metrics.connections.labels("https", "passthrough").inc()
+            self.metrics.child(self.metrics.connections, "https", "passthrough").inc()
             request = passthrough.PassthroughRequest(sock, client_addr, server_addr, hello.sni, balancer.spec,
                                                      balancer, self._passthrough_log(row, client_addr, hello.sni))
             self.spawn(self._passthrough(request, lease))
@@ -526,7 +526,8 @@ class _HelloCollector:
             self._need_more(len(data), result.need)
         elif isinstance(result, clienthello.Complete):
             self._done()
-            self.listener.metrics.client_hello.labels("ok").inc()
+            metrics = self.listener.metrics
+            metrics.child(metrics.client_hello, "ok").inc()
             try:
                 self.listener.dispatch(self.sock, self.client_addr, result, self.lease)
             except Exception:

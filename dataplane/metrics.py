@@ -6,13 +6,19 @@ run several data planes in one process without their counters mixing.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from dataplane.snapshot import Certificate, Snapshot
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry = CollectorRegistry()
         p = "portcullis_"
         self.connections = Counter(
@@ -98,6 +104,16 @@ class Metrics:
             p + "access_log_dropped_lines", "Access-log lines dropped because stdout did not keep up (or is gone)",
             registry=r,
         )
+
+
+    def child(self, metric: _M, *labels: str) -> _M:
+        """``metric.labels(*labels)``, looked up once per process: prometheus-client's ``labels`` takes a
+        lock and builds its key on every call, which per connection or request adds up."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]  # the child of a metric has the metric's type
 
     def report_certificates(self, snapshot: Snapshot, fallback: Certificate | None = None) -> None:
         """Expiry of every certificate the snapshot serves, and of ``fallback`` while it names no default."""

@@ -361,21 +361,21 @@ async def serve_spliced(
         metrics.passthrough.labels("connect_failed").inc()
         return False
     request.picker.started(chosen)
-    metrics.active_connections.labels("https", "passthrough").inc()
+    metrics.child(metrics.active_connections, "https", "passthrough").inc()
 
     def done(relay: splice.SpliceRelay) -> None:
         request.picker.finished(chosen)
-        metrics.active_connections.labels("https", "passthrough").dec()
+        metrics.child(metrics.active_connections, "https", "passthrough").dec()
         sent, received = relay.bytes_moved()
         if sent:
-            metrics.bytes.labels("in", "passthrough").inc(sent)
+            metrics.child(metrics.bytes, "in", "passthrough").inc(sent)
         if received:
-            metrics.bytes.labels("out", "passthrough").inc(received)
+            metrics.child(metrics.bytes, "out", "passthrough").inc(received)
         if on_close is not None:
             on_close(chosen, sent, received, connected_after)
 
     relay = splice.SpliceRelay(loop, request.sock, upstream, done, idle_timeout)
-    metrics.passthrough.labels("routed").inc()
+    metrics.child(metrics.passthrough, "routed").inc()
     if on_client is not None:
         on_client(relay)
     relay.start()
