@@ -38,6 +38,13 @@ TRUSTED = frozenset({
 })
 TRUSTED_PREFIXES = (b"proxy-", b"x-forwarded-", b"ssl-client-")
 _REQUEST_DROP = _HOP | TRUSTED | frozenset({b"host", b"x-request-id"})
+# Request header names that are never dropped for what they are (canonical, not trusted, not hop-by-hop):
+# ``upstream_request_head`` only checks them against the Connection tokens.
+_REQUEST_KEEP = frozenset({
+    b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"cookie", b"content-type", b"authorization",
+    b"referer", b"origin", b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"range",
+    b"dnt", b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-dest", b"priority", b"x-requested-with",
+})
 _RESPONSE_DROP_PREFIXES = (b"proxy-",)
 # Response header names that are never hop-by-hop, edge-owned or HSTS (canonical, so no "_" variants):
 # the per-header checks of ``client_response_head`` reduce to one set lookup for them.
@@ -113,6 +120,11 @@ def upstream_request_head(
     conn = _canonical_tokens(req.connection_tokens)
     trusted = underscore = 0
     for lname, line in req.headers:
+        if lname in _REQUEST_KEEP:  # common names: only the Connection check applies
+            if conn and lname in conn:
+                continue
+            parts += (line, CRLF)
+            continue
         if b"_" in lname:
             lname = lname.replace(b"_", b"-")
             if lname in TRUSTED or lname.startswith(TRUSTED_PREFIXES):
