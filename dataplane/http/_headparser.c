@@ -145,15 +145,16 @@ eq_lower(const unsigned char *s, Py_ssize_t n, const char *lit, Py_ssize_t litle
 
 #define LIT(s) s, (Py_ssize_t)(sizeof(s) - 1)
 
+/* One object layout for both parsers; a ResponseParser leaves split_target and star NULL. */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *fallback;     /* the Python parse_request_head */
-    PyObject *head_cls;     /* RequestHead */
+    PyObject *fallback;     /* the Python parse_request_head / parse_response_head */
+    PyObject *head_cls;     /* RequestHead / ResponseHead */
     PyObject *error_cls;    /* ParseError */
-    PyObject *split_target; /* _split_target(target) -> (target, path), raises ParseError */
+    PyObject *split_target; /* requests: _split_target(target) -> (target, path), raises ParseError */
     PyObject *empty;        /* b"" */
-    PyObject *star;         /* "*" */
+    PyObject *star;         /* requests: "*" */
 } HeadParser;
 
 static PyObject *
@@ -199,42 +200,33 @@ classify(const char *name, Py_ssize_t n)
     }
 }
 
-/* The parse proper. Returns a new RequestHead or NULL with an exception set. */
-static PyObject *
-parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_header_bytes, Py_ssize_t max_headers,
-      PyObject *max_headers_obj)
+/* --- what request and response heads share: the first line's end, the byte check, the header lines --- */
+
+/* head.find(b"\r\n"), or -1 */
+static Py_ssize_t
+find_crlf(const unsigned char *h, Py_ssize_t n)
 {
-    const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(head);
-    const Py_ssize_t n = PyBytes_GET_SIZE(head);
-    PyObject *headers = NULL, *connection = NULL, *target = NULL, *path = NULL, *result = NULL;
-    PyObject *host = NULL, *upgrade = NULL, *request_id = NULL, *method = NULL;
-
-    /* head.find(b"\r\n") */
-    Py_ssize_t line_end = -1;
-    {
-        const unsigned char *p = h, *end = h + n;
-        while (p < end && (p = memchr(p, '\r', (size_t)(end - p))) != NULL) {
-            if (p + 1 < end && p[1] == '\n') {
-                line_end = p - h;
-                break;
-            }
-            p++;
-        }
+    const unsigned char *p = h, *end = h + n;
+    while (p < end && (p = memchr(p, '\r', (size_t)(end - p))) != NULL) {
+        if (p + 1 < end && p[1] == '\n')
+            return p - h;
+        p++;
     }
-    const Py_ssize_t rl_len = line_end < 0 ? n : line_end;
-    if (rl_len > max_line)
-        return fail(self, 414, "request line too long");
-    if (line_end >= 0 && n - line_end > max_header_bytes)
-        return fail(self, 431, "request headers too large");
+    return -1;
+}
 
-    /* _check_bytes: any control byte wins over a bare CR/LF anywhere. */
+/* _check_bytes: any control byte wins over a bare CR/LF anywhere. Returns the reason, or NULL with *crlf
+ * set to the number of CRLFs in the head. */
+static const char *
+check_bytes(const unsigned char *h, Py_ssize_t n, Py_ssize_t *crlf)
+{
     int bare = 0;
-    Py_ssize_t crlf = 0;
+    Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = h[i];
         if (c > 13 || c == 9) {
             if (CTL[c])
-                return fail(self, 400, "control character in message head");
+                return "control character in message head";
             continue;
         }
         if (c == '\r') {
@@ -245,13 +237,163 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
             if (i == 0 || h[i - 1] != '\r')
                 bare = 1;
             else
-                crlf++;
+                count++;
         }
         else if (CTL[c])
-            return fail(self, 400, "control character in message head");
+            return "control character in message head";
     }
     if (bare)
-        return fail(self, 400, "bare CR or LF in message head");
+        return "bare CR or LF in message head";
+    *crlf = count;
+    return NULL;
+}
+
+/* The header line at h[*pos] (every line ends in CRLF but the last, which ends the buffer): checked for
+ * form, stored as headers[k] = (lowercased name, raw line), *pos moved past it. Returns the field's CT_*
+ * kind with its whitespace-stripped value in *v / *vlen (only for a kind other than CT_OTHER), or -1 with
+ * ParseError(status, ...) or another exception set. */
+static int
+header_line(HeadParser *self, int status, const unsigned char *h, Py_ssize_t n, Py_ssize_t *pos,
+            PyObject *headers, Py_ssize_t k, const unsigned char **v, Py_ssize_t *vlen)
+{
+    const unsigned char *line = h + *pos;
+    const unsigned char *cr = memchr(line, '\r', (size_t)(n - *pos));
+    const Py_ssize_t llen = cr ? cr - line : n - *pos;
+    *pos += llen + 2;
+    if (llen == 0 || line[0] == ' ' || line[0] == '\t') {
+        fail(self, status, "obsolete line folding or empty header line");
+        return -1;
+    }
+    const unsigned char *colon = memchr(line, ':', (size_t)llen);
+    const Py_ssize_t nlen = colon ? colon - line : 0;
+    int name_ok = nlen > 0;
+    for (Py_ssize_t i = 0; name_ok && i < nlen; i++)
+        if (!TOKEN[line[i]])
+            name_ok = 0;
+    if (!name_ok) {
+        fail(self, status, "malformed header name");
+        return -1;
+    }
+    PyObject *lname = PyBytes_FromStringAndSize(NULL, nlen);
+    if (lname == NULL)
+        return -1;
+    char *ln = PyBytes_AS_STRING(lname);
+    for (Py_ssize_t i = 0; i < nlen; i++)
+        ln[i] = (char)lower(line[i]);
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)line, llen);
+    if (raw == NULL) {
+        Py_DECREF(lname);
+        return -1;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(lname);
+        Py_DECREF(raw);
+        return -1;
+    }
+    PyTuple_SET_ITEM(pair, 0, lname);
+    PyTuple_SET_ITEM(pair, 1, raw);
+    PyList_SET_ITEM(headers, k, pair);
+    const int kind = classify(ln, nlen);
+    if (kind != CT_OTHER) {
+        *v = colon + 1;
+        *vlen = line + llen - *v;
+        strip_ws(v, vlen);
+    }
+    return kind;
+}
+
+/* A Content-Length value (a comma list of equal digit strings). Returns the semantic error, or NULL with
+ * *content_length set (-1 on entry: none seen yet). */
+static const char *
+content_length_value(const unsigned char *v, Py_ssize_t vlen, long long *content_length)
+{
+    const unsigned char *part = v, *vend = v + vlen;
+    for (;;) {
+        const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
+        const unsigned char *pend = comma ? comma : vend;
+        const unsigned char *d = part;
+        Py_ssize_t dlen = pend - part;
+        strip_ws(&d, &dlen);
+        long long value = 0;
+        int ok = dlen > 0 && dlen <= 18;
+        for (Py_ssize_t i = 0; ok && i < dlen; i++) {
+            if (d[i] < '0' || d[i] > '9')
+                ok = 0;
+            else
+                value = value * 10 + (d[i] - '0');
+        }
+        if (!ok)
+            return "invalid Content-Length";
+        if (*content_length != -1 && *content_length != value)
+            return "conflicting Content-Length values";
+        *content_length = value;
+        if (comma == NULL)
+            return NULL;
+        part = comma + 1;
+    }
+}
+
+enum { CONN_CLOSE = 1, CONN_KEEP_ALIVE = 2, CONN_UPGRADE = 4 };
+
+/* A Connection value: its lowercased tokens added to *connection (a frozenset made on first use), the
+ * CONN_* tokens it names or-ed into *flags. Returns -1 with an exception set on failure. */
+static int
+connection_tokens(const unsigned char *v, Py_ssize_t vlen, PyObject **connection, int *flags)
+{
+    if (*connection == NULL && (*connection = PyFrozenSet_New(NULL)) == NULL)
+        return -1;
+    const unsigned char *part = v, *vend = v + vlen;
+    for (;;) {
+        const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
+        const unsigned char *pend = comma ? comma : vend;
+        const unsigned char *d = part;
+        Py_ssize_t dlen = pend - part;
+        strip_ws(&d, &dlen);
+        PyObject *tok = PyBytes_FromStringAndSize(NULL, dlen);
+        if (tok == NULL)
+            return -1;
+        char *tp = PyBytes_AS_STRING(tok);
+        for (Py_ssize_t i = 0; i < dlen; i++)
+            tp[i] = (char)lower(d[i]);
+        if (eq((const unsigned char *)tp, dlen, LIT("close")))
+            *flags |= CONN_CLOSE;
+        else if (eq((const unsigned char *)tp, dlen, LIT("keep-alive")))
+            *flags |= CONN_KEEP_ALIVE;
+        else if (eq((const unsigned char *)tp, dlen, LIT("upgrade")))
+            *flags |= CONN_UPGRADE;
+        int rc = PySet_Add(*connection, tok);
+        Py_DECREF(tok);
+        if (rc < 0)
+            return -1;
+        if (comma == NULL)
+            return 0;
+        part = comma + 1;
+    }
+}
+
+/* --- request heads ------------------------------------------------------------------------------------ */
+
+/* The parse proper. Returns a new RequestHead or NULL with an exception set. */
+static PyObject *
+parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_header_bytes, Py_ssize_t max_headers,
+      PyObject *max_headers_obj)
+{
+    const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(head);
+    const Py_ssize_t n = PyBytes_GET_SIZE(head);
+    PyObject *headers = NULL, *connection = NULL, *target = NULL, *path = NULL, *result = NULL;
+    PyObject *host = NULL, *upgrade = NULL, *request_id = NULL, *method = NULL;
+
+    const Py_ssize_t line_end = find_crlf(h, n);
+    const Py_ssize_t rl_len = line_end < 0 ? n : line_end;
+    if (rl_len > max_line)
+        return fail(self, 414, "request line too long");
+    if (line_end >= 0 && n - line_end > max_header_bytes)
+        return fail(self, 431, "request headers too large");
+    Py_ssize_t crlf = 0;
+    const char *byte_err = check_bytes(h, n, &crlf);
+    if (byte_err != NULL)
+        return fail(self, 400, byte_err);
 
     /* request line: exactly three parts separated by single spaces */
     const unsigned char *sp1 = memchr(h, ' ', (size_t)rl_len);
@@ -326,52 +468,16 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
     const unsigned char *hostv = NULL, *upgv = NULL, *ridv = NULL;
     Py_ssize_t hostv_len = 0, upgv_len = 0, ridv_len = 0;
     long long content_length = -1;
-    int chunked = 0, has_close = 0, has_keep_alive = 0, has_upgrade = 0;
+    int chunked = 0, conn_flags = 0;
     Py_ssize_t pos = line_end + 2;
     for (Py_ssize_t k = 0; k < nlines; k++) {
-        const unsigned char *line = h + pos;
-        const unsigned char *cr = memchr(line, '\r', (size_t)(n - pos));
-        const Py_ssize_t llen = cr ? cr - line : n - pos;
-        pos += llen + 2;
-        if (llen == 0 || line[0] == ' ' || line[0] == '\t') {
-            fail(self, 400, "obsolete line folding or empty header line");
+        const unsigned char *v = NULL;
+        Py_ssize_t vlen = 0;
+        const int kind = header_line(self, 400, h, n, &pos, headers, k, &v, &vlen);
+        if (kind < 0)
             goto error;
-        }
-        const unsigned char *colon = memchr(line, ':', (size_t)llen);
-        const Py_ssize_t nlen = colon ? colon - line : 0;
-        if (nlen == 0)
-            goto bad_name;
-        for (Py_ssize_t i = 0; i < nlen; i++)
-            if (!TOKEN[line[i]])
-                goto bad_name;
-        PyObject *lname = PyBytes_FromStringAndSize(NULL, nlen);
-        if (lname == NULL)
-            goto error;
-        char *ln = PyBytes_AS_STRING(lname);
-        for (Py_ssize_t i = 0; i < nlen; i++)
-            ln[i] = (char)lower(line[i]);
-        PyObject *raw = PyBytes_FromStringAndSize((const char *)line, llen);
-        if (raw == NULL) {
-            Py_DECREF(lname);
-            goto error;
-        }
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(lname);
-            Py_DECREF(raw);
-            goto error;
-        }
-        PyTuple_SET_ITEM(pair, 0, lname);
-        PyTuple_SET_ITEM(pair, 1, raw);
-        PyList_SET_ITEM(headers, k, pair);
         if (sem_err != NULL)
             continue;
-        const int kind = classify(ln, nlen);
-        if (kind == CT_OTHER)
-            continue;
-        const unsigned char *v = colon + 1;
-        Py_ssize_t vlen = line + llen - v;
-        strip_ws(&v, &vlen);
         switch (kind) {
         case CT_HOST:
             if (hostv != NULL)
@@ -383,75 +489,19 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
                 hostv_len = vlen;
             }
             break;
-        case CT_CL: {
-            const unsigned char *part = v, *vend = v + vlen;
-            for (;;) {
-                const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
-                const unsigned char *pend = comma ? comma : vend;
-                const unsigned char *d = part;
-                Py_ssize_t dlen = pend - part;
-                strip_ws(&d, &dlen);
-                long long value = 0;
-                int ok = dlen > 0 && dlen <= 18;
-                for (Py_ssize_t i = 0; ok && i < dlen; i++) {
-                    if (d[i] < '0' || d[i] > '9')
-                        ok = 0;
-                    else
-                        value = value * 10 + (d[i] - '0');
-                }
-                if (!ok) {
-                    sem_err = "invalid Content-Length";
-                    break;
-                }
-                if (content_length != -1 && content_length != value) {
-                    sem_err = "conflicting Content-Length values";
-                    break;
-                }
-                content_length = value;
-                if (comma == NULL)
-                    break;
-                part = comma + 1;
-            }
+        case CT_CL:
+            sem_err = content_length_value(v, vlen, &content_length);
             break;
-        }
         case CT_TE:
             if (chunked || !eq_lower(v, vlen, LIT("chunked")))
                 sem_err = "unsupported Transfer-Encoding";
             else
                 chunked = 1;
             break;
-        case CT_CONNECTION: {
-            if (connection == NULL && (connection = PyFrozenSet_New(NULL)) == NULL)
+        case CT_CONNECTION:
+            if (connection_tokens(v, vlen, &connection, &conn_flags) < 0)
                 goto error;
-            const unsigned char *part = v, *vend = v + vlen;
-            for (;;) {
-                const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
-                const unsigned char *pend = comma ? comma : vend;
-                const unsigned char *d = part;
-                Py_ssize_t dlen = pend - part;
-                strip_ws(&d, &dlen);
-                PyObject *tok = PyBytes_FromStringAndSize(NULL, dlen);
-                if (tok == NULL)
-                    goto error;
-                char *tp = PyBytes_AS_STRING(tok);
-                for (Py_ssize_t i = 0; i < dlen; i++)
-                    tp[i] = (char)lower(d[i]);
-                if (eq((const unsigned char *)tp, dlen, LIT("close")))
-                    has_close = 1;
-                else if (eq((const unsigned char *)tp, dlen, LIT("keep-alive")))
-                    has_keep_alive = 1;
-                else if (eq((const unsigned char *)tp, dlen, LIT("upgrade")))
-                    has_upgrade = 1;
-                int rc = PySet_Add(connection, tok);
-                Py_DECREF(tok);
-                if (rc < 0)
-                    goto error;
-                if (comma == NULL)
-                    break;
-                part = comma + 1;
-            }
             break;
-        }
         case CT_UPGRADE:
             upgv = v;
             upgv_len = vlen;
@@ -461,10 +511,6 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
             ridv_len = vlen;
             break;
         }
-        continue;
-    bad_name:
-        fail(self, 400, "malformed header name");
-        goto error;
     }
     if (sem_err != NULL) {
         fail(self, 400, sem_err);
@@ -492,7 +538,7 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
         goto error;
     if (connection == NULL && (connection = PyFrozenSet_New(NULL)) == NULL)
         goto error;
-    const int keep_alive = version == 11 ? !has_close : has_keep_alive;
+    const int keep_alive = version == 11 ? !(conn_flags & CONN_CLOSE) : (conn_flags & CONN_KEEP_ALIVE) != 0;
 
     /* target and routing path */
     if (star) {
@@ -546,7 +592,7 @@ parse(HeadParser *self, PyObject *head, Py_ssize_t max_line, Py_ssize_t max_head
     method = PyBytes_FromStringAndSize((const char *)h, mlen);
     if (method == NULL)
         goto error;
-    if (upgv != NULL && has_upgrade)
+    if (upgv != NULL && (conn_flags & CONN_UPGRADE))
         upgrade = PyBytes_FromStringAndSize((const char *)upgv, upgv_len);
     else
         upgrade = Py_NewRef(self->empty);
@@ -618,6 +664,29 @@ HeadParser_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
 }
 
+/* --- the object machinery both parser types share ------------------------------------------------------ */
+
+/* A new parser of `type` holding its callables (split_target may be NULL); NULL with an exception set. */
+static PyObject *
+parser_alloc(PyTypeObject *type, vectorcallfunc vectorcall, PyObject *fallback, PyObject *head_cls,
+             PyObject *error_cls, PyObject *split_target)
+{
+    HeadParser *self = (HeadParser *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = vectorcall;
+    self->fallback = Py_NewRef(fallback);
+    self->head_cls = Py_NewRef(head_cls);
+    self->error_cls = Py_NewRef(error_cls);
+    self->split_target = Py_XNewRef(split_target);
+    self->empty = PyBytes_FromStringAndSize("", 0);
+    if (self->empty == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static PyObject *
 HeadParser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -626,17 +695,12 @@ HeadParser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:HeadParser", kwlist, &fallback, &head_cls, &error_cls,
                                      &split_target))
         return NULL;
-    HeadParser *self = (HeadParser *)type->tp_alloc(type, 0);
+    HeadParser *self =
+        (HeadParser *)parser_alloc(type, HeadParser_vectorcall, fallback, head_cls, error_cls, split_target);
     if (self == NULL)
         return NULL;
-    self->vectorcall = HeadParser_vectorcall;
-    self->fallback = Py_NewRef(fallback);
-    self->head_cls = Py_NewRef(head_cls);
-    self->error_cls = Py_NewRef(error_cls);
-    self->split_target = Py_NewRef(split_target);
-    self->empty = PyBytes_FromStringAndSize("", 0);
     self->star = PyUnicode_FromString("*");
-    if (self->empty == NULL || self->star == NULL) {
+    if (self->star == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -679,19 +743,22 @@ HeadParser_call(PyObject *self, PyObject *args, PyObject *kwargs)
     return PyVectorcall_Call(self, args, kwargs);
 }
 
-static PyTypeObject HeadParserType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dataplane.http._headparser.HeadParser",
-    .tp_doc = PyDoc_STR("HeadParser(fallback, request_head, parse_error, split_target): a callable with the "
-                        "signature and results of parser.parse_request_head"),
-    .tp_basicsize = sizeof(HeadParser),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(HeadParser, vectorcall),
-    .tp_new = HeadParser_new,
-    .tp_call = HeadParser_call,
-    .tp_dealloc = (destructor)HeadParser_dealloc,
-    .tp_traverse = (traverseproc)HeadParser_traverse,
-    .tp_clear = (inquiry)HeadParser_clear,
-};
+/* Both parser types: the same layout and life cycle; only the name, doc and constructor differ. */
+#define PARSER_TYPE(name, doc, new)                                                                             \
+    {                                                                                                           \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dataplane.http._headparser." name, .tp_doc = PyDoc_STR(doc), \
+        .tp_basicsize = sizeof(HeadParser),                                                                     \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,                       \
+        .tp_vectorcall_offset = offsetof(HeadParser, vectorcall), .tp_new = new, .tp_call = HeadParser_call,   \
+        .tp_dealloc = (destructor)HeadParser_dealloc, .tp_traverse = (traverseproc)HeadParser_traverse,        \
+        .tp_clear = (inquiry)HeadParser_clear,                                                                  \
+    }
+
+static PyTypeObject HeadParserType = PARSER_TYPE(
+    "HeadParser",
+    "HeadParser(fallback, request_head, parse_error, split_target): a callable with the signature and results of "
+    "parser.parse_request_head",
+    HeadParser_new);
 
 /* --- response heads: dataplane.http.parser.parse_response_head (the Python function is the reference) ---
  *
@@ -700,75 +767,19 @@ static PyTypeObject HeadParserType = {
  * the same order, same ResponseHead or the same ParseError(502, reason); only the plain one-positional
  * bytes call runs here, anything else goes to the Python function. */
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *fallback;  /* the Python parse_response_head */
-    PyObject *head_cls;  /* ResponseHead */
-    PyObject *error_cls; /* ParseError */
-    PyObject *empty;     /* b"" */
-} ResponseParser;
-
 static PyObject *
-resp_fail(ResponseParser *self, const char *reason)
-{
-    PyObject *text = PyUnicode_FromString(reason);
-    if (text == NULL)
-        return NULL;
-    PyObject *exc = PyObject_CallFunction(self->error_cls, "iO", 502, text);
-    Py_DECREF(text);
-    if (exc != NULL) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
-    return NULL;
-}
-
-static PyObject *
-parse_response(ResponseParser *self, PyObject *head)
+parse_response(HeadParser *self, PyObject *head)
 {
     const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(head);
     const Py_ssize_t n = PyBytes_GET_SIZE(head);
     PyObject *headers = NULL, *connection = NULL, *reason = NULL, *result = NULL;
 
-    Py_ssize_t line_end = -1;
-    {
-        const unsigned char *p = h, *end = h + n;
-        while (p < end && (p = memchr(p, '\r', (size_t)(end - p))) != NULL) {
-            if (p + 1 < end && p[1] == '\n') {
-                line_end = p - h;
-                break;
-            }
-            p++;
-        }
-    }
+    const Py_ssize_t line_end = find_crlf(h, n);
     const Py_ssize_t sl_len = line_end < 0 ? n : line_end;
-
-    /* _check_bytes(head, 502): any control byte wins over a bare CR/LF anywhere. */
-    int bare = 0;
     Py_ssize_t crlf = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = h[i];
-        if (c > 13 || c == 9) {
-            if (CTL[c])
-                return resp_fail(self, "control character in message head");
-            continue;
-        }
-        if (c == '\r') {
-            if (i + 1 >= n || h[i + 1] != '\n')
-                bare = 1;
-        }
-        else if (c == '\n') {
-            if (i == 0 || h[i - 1] != '\r')
-                bare = 1;
-            else
-                crlf++;
-        }
-        else if (CTL[c])
-            return resp_fail(self, "control character in message head");
-    }
-    if (bare)
-        return resp_fail(self, "bare CR or LF in message head");
+    const char *byte_err = check_bytes(h, n, &crlf);
+    if (byte_err != NULL)
+        return fail(self, 502, byte_err);
 
     /* proto, _, rest = status_line.partition(b" "); code, _, reason = rest.partition(b" ") */
     const unsigned char *sp1 = memchr(h, ' ', (size_t)sl_len);
@@ -779,14 +790,14 @@ parse_response(ResponseParser *self, PyObject *head)
     else if (eq(h, plen, LIT("HTTP/1.0")))
         version = 10;
     else
-        return resp_fail(self, "upstream sent an unsupported HTTP version");
+        return fail(self, 502, "upstream sent an unsupported HTTP version");
     const unsigned char *code = sp1 ? sp1 + 1 : h + sl_len;
     const Py_ssize_t rest_len = h + sl_len - code;
     const unsigned char *sp2 = memchr(code, ' ', (size_t)rest_len);
     const Py_ssize_t clen = sp2 ? sp2 - code : rest_len;
     if (clen != 3 || code[0] < '1' || code[0] > '9' || code[1] < '0' || code[1] > '9' || code[2] < '0' ||
         code[2] > '9')
-        return resp_fail(self, "upstream sent a malformed status line");
+        return fail(self, 502, "upstream sent a malformed status line");
     const long status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
 
     /* header lines: every line is checked for form before any field rule applies */
@@ -796,132 +807,40 @@ parse_response(ResponseParser *self, PyObject *head)
         return NULL;
     const char *sem_err = NULL;
     long long content_length = -1;
-    int chunked = 0, has_close = 0, has_keep_alive = 0;
+    int chunked = 0, conn_flags = 0;
     Py_ssize_t pos = line_end + 2;
     for (Py_ssize_t k = 0; k < nlines; k++) {
-        const unsigned char *line = h + pos;
-        const unsigned char *cr = memchr(line, '\r', (size_t)(n - pos));
-        const Py_ssize_t llen = cr ? cr - line : n - pos;
-        pos += llen + 2;
-        if (llen == 0 || line[0] == ' ' || line[0] == '\t') {
-            resp_fail(self, "obsolete line folding or empty header line");
+        const unsigned char *v = NULL;
+        Py_ssize_t vlen = 0;
+        const int kind = header_line(self, 502, h, n, &pos, headers, k, &v, &vlen);
+        if (kind < 0)
             goto error;
-        }
-        const unsigned char *colon = memchr(line, ':', (size_t)llen);
-        const Py_ssize_t nlen = colon ? colon - line : 0;
-        int name_ok = nlen > 0;
-        for (Py_ssize_t i = 0; name_ok && i < nlen; i++)
-            if (!TOKEN[line[i]])
-                name_ok = 0;
-        if (!name_ok) {
-            resp_fail(self, "malformed header name");
-            goto error;
-        }
-        PyObject *lname = PyBytes_FromStringAndSize(NULL, nlen);
-        if (lname == NULL)
-            goto error;
-        char *ln = PyBytes_AS_STRING(lname);
-        for (Py_ssize_t i = 0; i < nlen; i++)
-            ln[i] = (char)lower(line[i]);
-        PyObject *raw = PyBytes_FromStringAndSize((const char *)line, llen);
-        if (raw == NULL) {
-            Py_DECREF(lname);
-            goto error;
-        }
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(lname);
-            Py_DECREF(raw);
-            goto error;
-        }
-        PyTuple_SET_ITEM(pair, 0, lname);
-        PyTuple_SET_ITEM(pair, 1, raw);
-        PyList_SET_ITEM(headers, k, pair);
         if (sem_err != NULL)
             continue;
-        const int kind = classify(ln, nlen);
-        if (kind != CT_CL && kind != CT_TE && kind != CT_CONNECTION)
-            continue;
-        const unsigned char *v = colon + 1;
-        Py_ssize_t vlen = line + llen - v;
-        strip_ws(&v, &vlen);
-        if (kind == CT_CL) {
-            const unsigned char *part = v, *vend = v + vlen;
-            for (;;) {
-                const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
-                const unsigned char *pend = comma ? comma : vend;
-                const unsigned char *d = part;
-                Py_ssize_t dlen = pend - part;
-                strip_ws(&d, &dlen);
-                long long value = 0;
-                int ok = dlen > 0 && dlen <= 18;
-                for (Py_ssize_t i = 0; ok && i < dlen; i++) {
-                    if (d[i] < '0' || d[i] > '9')
-                        ok = 0;
-                    else
-                        value = value * 10 + (d[i] - '0');
-                }
-                if (!ok) {
-                    sem_err = "invalid Content-Length";
-                    break;
-                }
-                if (content_length != -1 && content_length != value) {
-                    sem_err = "conflicting Content-Length values";
-                    break;
-                }
-                content_length = value;
-                if (comma == NULL)
-                    break;
-                part = comma + 1;
-            }
-        }
+        if (kind == CT_CL)
+            sem_err = content_length_value(v, vlen, &content_length);
         else if (kind == CT_TE) {
             if (chunked || !eq_lower(v, vlen, LIT("chunked")))
                 sem_err = "upstream sent an unsupported Transfer-Encoding";
             else
                 chunked = 1;
         }
-        else {
-            if (connection == NULL && (connection = PyFrozenSet_New(NULL)) == NULL)
+        else if (kind == CT_CONNECTION) {
+            if (connection_tokens(v, vlen, &connection, &conn_flags) < 0)
                 goto error;
-            const unsigned char *part = v, *vend = v + vlen;
-            for (;;) {
-                const unsigned char *comma = memchr(part, ',', (size_t)(vend - part));
-                const unsigned char *pend = comma ? comma : vend;
-                const unsigned char *d = part;
-                Py_ssize_t dlen = pend - part;
-                strip_ws(&d, &dlen);
-                PyObject *tok = PyBytes_FromStringAndSize(NULL, dlen);
-                if (tok == NULL)
-                    goto error;
-                char *tp = PyBytes_AS_STRING(tok);
-                for (Py_ssize_t i = 0; i < dlen; i++)
-                    tp[i] = (char)lower(d[i]);
-                if (eq((const unsigned char *)tp, dlen, LIT("close")))
-                    has_close = 1;
-                else if (eq((const unsigned char *)tp, dlen, LIT("keep-alive")))
-                    has_keep_alive = 1;
-                int rc = PySet_Add(connection, tok);
-                Py_DECREF(tok);
-                if (rc < 0)
-                    goto error;
-                if (comma == NULL)
-                    break;
-                part = comma + 1;
-            }
         }
     }
     if (sem_err != NULL) {
-        resp_fail(self, sem_err);
+        fail(self, 502, sem_err);
         goto error;
     }
     if (chunked && content_length != -1) {
-        resp_fail(self, "upstream sent both Content-Length and Transfer-Encoding");
+        fail(self, 502, "upstream sent both Content-Length and Transfer-Encoding");
         goto error;
     }
     if (connection == NULL && (connection = PyFrozenSet_New(NULL)) == NULL)
         goto error;
-    const int close = version == 11 ? has_close : !has_keep_alive;
+    const int close = version == 11 ? (conn_flags & CONN_CLOSE) != 0 : !(conn_flags & CONN_KEEP_ALIVE);
     if (sp2 != NULL)
         reason = PyBytes_FromStringAndSize((const char *)sp2 + 1, h + sl_len - sp2 - 1);
     else
@@ -957,7 +876,7 @@ error:
 static PyObject *
 ResponseParser_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    ResponseParser *self = (ResponseParser *)callable;
+    HeadParser *self = (HeadParser *)callable;
     if (kwnames == NULL && PyVectorcall_NARGS(nargsf) == 1 && PyBytes_CheckExact(args[0]))
         return parse_response(self, args[0]);
     /* anything else (keywords, other types): exactly what the Python function does */
@@ -971,61 +890,14 @@ ResponseParser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"fallback", "response_head", "parse_error", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:ResponseParser", kwlist, &fallback, &head_cls, &error_cls))
         return NULL;
-    ResponseParser *self = (ResponseParser *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->vectorcall = ResponseParser_vectorcall;
-    self->fallback = Py_NewRef(fallback);
-    self->head_cls = Py_NewRef(head_cls);
-    self->error_cls = Py_NewRef(error_cls);
-    self->empty = PyBytes_FromStringAndSize("", 0);
-    if (self->empty == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    return parser_alloc(type, ResponseParser_vectorcall, fallback, head_cls, error_cls, NULL);
 }
 
-static int
-ResponseParser_traverse(ResponseParser *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->fallback);
-    Py_VISIT(self->head_cls);
-    Py_VISIT(self->error_cls);
-    return 0;
-}
-
-static int
-ResponseParser_clear(ResponseParser *self)
-{
-    Py_CLEAR(self->fallback);
-    Py_CLEAR(self->head_cls);
-    Py_CLEAR(self->error_cls);
-    Py_CLEAR(self->empty);
-    return 0;
-}
-
-static void
-ResponseParser_dealloc(ResponseParser *self)
-{
-    PyObject_GC_UnTrack(self);
-    ResponseParser_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyTypeObject ResponseParserType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dataplane.http._headparser.ResponseParser",
-    .tp_doc = PyDoc_STR("ResponseParser(fallback, response_head, parse_error): a callable with the signature and "
-                        "results of parser.parse_response_head"),
-    .tp_basicsize = sizeof(ResponseParser),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(ResponseParser, vectorcall),
-    .tp_new = ResponseParser_new,
-    .tp_call = HeadParser_call,
-    .tp_dealloc = (destructor)ResponseParser_dealloc,
-    .tp_traverse = (traverseproc)ResponseParser_traverse,
-    .tp_clear = (inquiry)ResponseParser_clear,
-};
+static PyTypeObject ResponseParserType = PARSER_TYPE(
+    "ResponseParser",
+    "ResponseParser(fallback, response_head, parse_error): a callable with the signature and results of "
+    "parser.parse_response_head",
+    ResponseParser_new);
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
