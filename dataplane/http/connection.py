@@ -54,7 +54,7 @@ from dataplane.http.table import (
     host_name,
     tls_change,
 )
-from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection
+from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection, fires_by
 from dataplane.limits import RateLimit
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
@@ -695,11 +695,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _arm(self, deadline: float) -> None:
         """Make sure the timer fires by ``deadline`` (an earlier one re-checks and re-arms itself)."""
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
+        if fires_by(self._timer, deadline):
+            return
         if self._loop is not None and self._state != _CL_CLOSED:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 _UP_IDLE, _UP_HEAD, _UP_BODY, _UP_DONE, _UP_TUNNEL, _UP_CLOSED = range(6)
 
 
+def fires_by(timer: asyncio.TimerHandle | None, deadline: float) -> bool:
+    """True if ``timer`` already fires by ``deadline`` (keep it); otherwise cancels it, if any, for a new one.
+
+    A connection's one timer (client side and upstream side) re-checks and re-arms itself, so an earlier
+    timer is enough."""
+    if timer is None:
+        return False
+    if timer.when() <= deadline:
+        return True
+    timer.cancel()
+    return False
+
+
 class ConnectError(Exception):
     """A connect that failed before anything was sent: safe to try another endpoint."""
 
@@ -469,11 +482,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _arm(self, deadline: float) -> None:
         """One timer per connection: make sure it fires by ``deadline``."""
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
+        if fires_by(self._timer, deadline):
+            return
         self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
