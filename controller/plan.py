@@ -157,6 +157,17 @@ def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
     return base + "~" + hashlib.sha256(repr(options).encode()).hexdigest()[:10]
 
 
+def report_checked(problems: Problems, ref: ObjectRef, where: str, what: str, checked: Checked, usable: bool) -> None:
+    """A checked Secret's problems, in this order: PEM blocks removed, expiry warnings (``what: ...``), and
+    unless ``usable`` why it is not (``what: error``)."""
+    for message in checked.stripped:
+        problems.add(ref, "Warning", "SecretBlocksRemoved", where, message)
+    for warning in checked.warnings:
+        problems.add(ref, "Warning", "CertificateExpiring", where, f"{what}: {warning}")
+    if not usable:
+        problems.add(ref, "Error", "InvalidSecret", where, f"{what}: {checked.error}")
+
+
 class Planner:
     """Plans Ingresses one at a time against the render's Secrets and Services.
 
@@ -194,12 +205,8 @@ class Planner:
         if secret is None:
             return None
         checked = self._check(ca_bundle, secret)
-        for message in checked.stripped:
-            plan.problems.add(plan.ingress.ref, "Warning", "SecretBlocksRemoved", where, message)
-        for warning in checked.warnings:
-            plan.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where, f"{what}: {warning}")
+        report_checked(plan.problems, plan.ingress.ref, where, what, checked, checked.bundle is not None)
         if checked.bundle is None:
-            plan.problems.add(plan.ingress.ref, "Error", "InvalidSecret", where, f"{what}: {checked.error}")
             return None
         plan.ca_bundles[checked.bundle.id] = checked.bundle
         return checked.bundle
@@ -209,14 +216,9 @@ class Planner:
         if secret is None:
             return None
         checked = self._check(serving_certificate, secret)
-        for message in checked.stripped:
-            plan.problems.add(plan.ingress.ref, "Warning", "SecretBlocksRemoved", where, message)
-        for warning in checked.warnings:
-            plan.problems.add(plan.ingress.ref, "Warning", "CertificateExpiring", where,
-                              f"Secret {secret.ref.namespace}/{name}: {warning}")
+        report_checked(plan.problems, plan.ingress.ref, where, f"Secret {secret.ref.namespace}/{name}", checked,
+                       checked.certificate is not None)
         if checked.certificate is None:
-            plan.problems.add(plan.ingress.ref, "Error", "InvalidSecret", where,
-                              f"Secret {secret.ref.namespace}/{name}: {checked.error}")
             return None
         plan.certificates[checked.certificate.id] = checked.certificate
         return checked.certificate
@@ -233,12 +235,7 @@ class Planner:
                          "data planes serve their self-signed fallback certificate")
             return None
         checked = serving_certificate(secret, self.now, self.parsed)
-        for message in checked.stripped:
-            problems.add(ref, "Warning", "SecretBlocksRemoved", "data", message)
-        for warning in checked.warnings:
-            problems.add(ref, "Warning", "CertificateExpiring", "data", f"default certificate: {warning}")
-        if checked.certificate is None:
-            problems.add(ref, "Error", "InvalidSecret", "data", f"default certificate: {checked.error}")
+        report_checked(problems, ref, "data", "default certificate", checked, checked.certificate is not None)
         return checked.certificate
 
     # pools ---------------------------------------------------------------------------------------
