@@ -14,6 +14,7 @@ import pytest
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import Certificate, ClientAuth, Endpoint, Pool, Snapshot, TLSHost, content_id
 from examples.backends import TLSEcho, server_context
+from tests.integration.http_fixtures import EchoBackend, start_echo
 from tests.pki import CA, Issued
 
 TOKEN = "test-token-0123456789"
@@ -39,6 +40,16 @@ def ca() -> CA:
 @pytest.fixture(scope="session")
 def backend_ca() -> CA:
     return CA("Backend Test CA")
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[EchoBackend]:
+    """A plain echo backend for one test (a module may define its own ``backend`` instead)."""
+    echo = await start_echo()
+    try:
+        yield echo
+    finally:
+        echo.close()
 
 
 def certificate(issued: Issued, *names: str) -> Certificate:

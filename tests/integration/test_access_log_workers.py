@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +13,9 @@ import aiohttp
 from dataplane.access_log import MAX_FIELD
 from tests.integration.conftest import TOKEN
 from tests.integration.http_fixtures import EchoBackend, free_port
+from tests.integration.processes import PORTCULLIS, ROOT, stop
 from tests.integration.test_access_log import check_schema
-from tests.integration.test_workers import ROOT, Pod, backend, get, hosts, metrics, per_worker, push, started
-
-__all__ = ["backend"]  # the fixture, imported for pytest
-
-PORTCULLIS = [sys.executable, "-c", "import sys; from controller.cli import main; sys.exit(main())"]
+from tests.integration.test_workers import Pod, get, hosts, metrics, per_worker, push, started
 
 
 async def test_two_workers_write_whole_json_lines_to_one_stdout(tmp_path: Path, backend: EchoBackend) -> None:
@@ -70,11 +65,5 @@ async def test_two_workers_write_whole_json_lines_to_one_stdout(tmp_path: Path, 
         assert all(len(line) < 4096 for line in lines)
         assert all(r["status"] == 200 and r["mode"] == "http" for r in records)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc, 20)
         proc.stdout.close()

@@ -21,10 +21,8 @@ import pytest
 from dataplane.snapshot import Snapshot
 from examples.backends import TLSEcho, server_context
 from tests.integration.conftest import TOKEN, certificate, passthrough_snapshot, terminate_host
+from tests.integration.processes import PORTCULLIS, ROOT, stop
 from tests.pki import CA
-
-ROOT = Path(__file__).resolve().parents[2]
-PORTCULLIS = [sys.executable, "-c", "import sys; from controller.cli import main; sys.exit(main())"]
 
 
 def free_port() -> int:
@@ -78,13 +76,7 @@ def process(admin_pki: tuple[CA, Path, Path, Path, Path]) -> Iterator[Process]:
         wait_listening(admin, proc)
         yield Process(proc, https, http, admin, ca_file)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc, 10)
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
         proc.stderr.close()
@@ -236,12 +228,7 @@ def test_echo_backends_for_the_examples(tmp_path: Path) -> None:
         assert seen["server"] == "tls-app" and seen["sni"] == "direct.portcullis.test" and seen["path"] == "/p"
         assert "direct.portcullis.test" in seen["certificate"]["dns_names"] and seen["proxy_protocol"] is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 10)
         assert proc.stderr is not None
         proc.stderr.close()
 

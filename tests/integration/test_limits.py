@@ -18,20 +18,11 @@ from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import Endpoint, Route, Snapshot, TLSHost, VirtualHost, validate
 from examples.backends import TLSEcho, server_context
 from tests.integration.conftest import TOKEN, certificate, client_context
-from tests.integration.http_fixtures import EchoBackend, read_response, start_echo
+from tests.integration.http_fixtures import EchoBackend, read_response
 from tests.pki import CA
 
 LOOPS = ("asyncio", "uvloop")
 OTHER = "127.0.0.2"
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[EchoBackend]:
-    echo = await start_echo()
-    try:
-        yield echo
-    finally:
-        echo.close()
 
 
 @contextlib.asynccontextmanager

@@ -8,9 +8,8 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import pytest
 from dataplane import push_body
 from dataplane.snapshot import Snapshot
 from tests.integration.conftest import TOKEN
-from tests.integration.http_fixtures import EchoBackend, free_port, pool, snapshot, start_echo, vhost
+from tests.integration.http_fixtures import EchoBackend, free_port, pool, snapshot, vhost
+from tests.integration.processes import PORTCULLIS, ROOT, stop
 
-ROOT = Path(__file__).resolve().parents[2]
-PORTCULLIS = [sys.executable, "-c", "import sys; from controller.cli import main; sys.exit(main())"]
 WORKER_SERIES = re.compile(r'^portcullis_worker_connections_total\{worker="(\d+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -73,23 +71,7 @@ def run_pod(tmp_path: Path) -> Generator[Pod, None, None]:
     try:
         yield Pod(proc, http, admin, state)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[EchoBackend]:
-    echo = await start_echo()
-    try:
-        yield echo
-    finally:
-        assert echo.server is not None
-        echo.server.close()
+        stop(proc, 20)
 
 
 def hosts(backend: EchoBackend, names: list[str], generation: int) -> Snapshot:
