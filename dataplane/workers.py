@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -96,6 +97,36 @@ def reserve_port(bind: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def reserve_ports(bind: str, ports: list[int]) -> list[socket.socket]:
+    """One reservation per listener, in the order given; refuses two listeners on one port.
+
+    Two ``SO_REUSEPORT`` reservations of the same port (same user) do not conflict: the HTTPS and the
+    HTTP workers' listeners would join one group and each get the other's connections (plain HTTP
+    answered by the TLS listener). So explicit ports are reserved first, an automatic (0) one that lands
+    on a port reserved here is drawn again, and equal explicit ports are refused.
+    """
+    taken: dict[int, socket.socket] = {}
+    try:
+        for index in sorted(range(len(ports)), key=lambda i: ports[i] == 0):
+            sock = reserve_port(bind, ports[index])
+            held: list[socket.socket] = []  # automatic ports that landed on one reserved here: kept until done
+            while ports[index] == 0 and len(held) < 8 and \
+                    sock.getsockname()[1] in {s.getsockname()[1] for s in taken.values()}:
+                held.append(sock)
+                sock = reserve_port(bind, 0)
+            for extra in held:
+                extra.close()
+            taken[index] = sock
+        got = [taken[i].getsockname()[1] for i in range(len(ports))]
+        if len(set(got)) != len(got):
+            raise OSError(errno.EADDRINUSE, f"the HTTPS and HTTP listeners need different ports (got {got})")
+    except BaseException:
+        for sock in taken.values():
+            sock.close()
+        raise
+    return [taken[i] for i in range(len(ports))]
 
 
 @dataclasses.dataclass
@@ -212,11 +243,7 @@ class WorkerPool:
     async def start(self) -> None:
         """Reserve the ports, start every worker and wait until all listen (raises OSError if one cannot)."""
         cfg = self.config
-        try:
-            self._reserved = [reserve_port(cfg.bind, cfg.https_port), reserve_port(cfg.bind, cfg.http_port)]
-        except OSError:
-            self._close_reserved()
-            raise
+        self._reserved = reserve_ports(cfg.bind, [cfg.https_port, cfg.http_port])
         self.https_port = self._reserved[0].getsockname()[1]
         self.http_port = self._reserved[1].getsockname()[1]
         try:

@@ -18,6 +18,7 @@ import pytest
 
 from dataplane import push_body
 from dataplane.snapshot import Snapshot
+from dataplane.workers import reserve_ports
 from tests.integration.conftest import TOKEN
 from tests.integration.http_fixtures import EchoBackend, free_port, pool, snapshot, vhost
 from tests.integration.processes import PORTCULLIS, ROOT, stop
@@ -242,3 +243,20 @@ async def test_gzip_delta_and_if_none_match_pushes_and_the_state_file_fill_every
             assert set(spread) == {"0", "1"} and all(v >= 1 for v in spread.values()), spread
     finally:
         pods.close()
+
+
+def test_listener_ports_are_reserved_distinct() -> None:
+    """Two SO_REUSEPORT reservations of one port would merge the HTTPS and HTTP listeners into one
+    group (plain HTTP answered by the TLS listener, 400 for every other connection): refused, and an
+    automatic port never lands on an explicit one."""
+    explicit = free_port()
+    with pytest.raises(OSError, match="different ports"):
+        reserve_ports("127.0.0.1", [explicit, explicit])
+    for _ in range(50):
+        socks = reserve_ports("127.0.0.1", [0, explicit])
+        try:
+            https, http = (s.getsockname()[1] for s in socks)
+            assert http == explicit and https != explicit
+        finally:
+            for s in socks:
+                s.close()
