@@ -41,7 +41,7 @@ Render = Callable[..., tuple[Snapshot, list[Problem]]]
 @pytest.fixture(scope="module")
 def reference_render(tmp_path_factory: pytest.TempPathFactory) -> Render:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs the git history to load the reference renderer")
+        pytest.fail("needs git and the repository's history to load the reference renderer (a clone, not an export)")
     source = subprocess.run(["git", "show", f"{REFERENCE}:controller/render.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = tmp_path_factory.mktemp("reference") / "render_reference.py"

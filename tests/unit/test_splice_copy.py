@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
-
 from dataplane import splice
-
-pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="splice(2) is Linux only")
 
 
 async def _pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, socket.socket]:
