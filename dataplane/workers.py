@@ -139,10 +139,14 @@ class _Worker:
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     async def request(self, header: dict[str, Any], body: bytes = b"") -> dict[str, Any]:
+        """One exchange, bounded as a whole: a worker that stops reading (a snapshot is megabytes) or
+        answering fails the push instead of hanging the admin API."""
+        return await asyncio.wait_for(self._exchange(header, body), REPLY_TIMEOUT)
+
+    async def _exchange(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         self.writer.write(worker_channel.encode(header, body))
         await self.writer.drain()
-        reply, _ = await asyncio.wait_for(worker_channel.read(self.reader, worker_channel.MAX_HEADER),
-                                          REPLY_TIMEOUT)
+        reply, _ = await worker_channel.read(self.reader, worker_channel.MAX_HEADER)
         return reply
 
 
