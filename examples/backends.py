@@ -262,14 +262,8 @@ class TLSEcho:
             await self._answer(obj, record, flush, fill)
             return
         while True:
-            try:
-                data = obj.read(65536)
-            except ssl.SSLWantReadError:
-                await flush()
-                if not await fill():
-                    return
-                continue
-            except ssl.SSLZeroReturnError:
+            data = await _tls_read(obj, flush, fill)
+            if data is None:
                 with contextlib.suppress(ssl.SSLError):
                     obj.unwrap()
                 await flush()
@@ -289,15 +283,7 @@ class TLSEcho:
             if len(head) > MAX_REQUEST_HEAD:
                 record.errors.append("request head too long")
                 return
-            try:
-                data = obj.read(65536)
-            except ssl.SSLWantReadError:
-                await flush()
-                if not await fill():
-                    return
-                continue
-            except ssl.SSLZeroReturnError:
-                return
+            data = await _tls_read(obj, flush, fill)
             if not data:
                 return
             head += data
@@ -372,6 +358,21 @@ async def serve_examples(args: argparse.Namespace) -> int:
         await server.close()
     return 0
 
+async def _tls_read(obj: ssl.SSLObject, flush: Callable[[], Awaitable[None]],
+                    fill: Callable[[], Awaitable[bool]]) -> bytes | None:
+    """The next decrypted bytes (b"" when the peer's socket closed, None on its close_notify),
+    feeding the SSLObject from the socket as it needs."""
+    while True:
+        try:
+            return obj.read(65536)
+        except ssl.SSLWantReadError:
+            await flush()
+            if not await fill():
+                return b""
+        except ssl.SSLZeroReturnError:
+            return None
+
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.backends", description=__doc__.splitlines()[0])
@@ -391,3 +392,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
