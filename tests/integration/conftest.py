@@ -6,11 +6,13 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from dataplane.edge import AppFactory
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import Certificate, ClientAuth, Endpoint, Pool, Snapshot, TLSHost, content_id
 from examples.backends import TLSEcho, server_context
@@ -77,15 +79,22 @@ def terminate_host(host: str, cert: Certificate | None, client_auth: ClientAuth 
                    min_version=min_version)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def dataplane() -> AsyncIterator[DataPlane]:
-    dp = DataPlane(DataPlaneConfig(bind="127.0.0.1", https_port=0, http_port=0, admin_port=0, admin_token=TOKEN,
-                                   drain_timeout=0.5, clienthello_timeout=3.0))
+@asynccontextmanager
+async def running_dataplane(app: AppFactory | None = None, **config: Any) -> AsyncIterator[DataPlane]:
+    """A started in-process data plane on ephemeral loopback ports (``app`` replaces the HTTP engine)."""
+    dp = DataPlane(DataPlaneConfig(**{"bind": "127.0.0.1", "https_port": 0, "http_port": 0, "admin_port": 0,
+                                      "admin_token": TOKEN, **config}), app=app)
     await dp.start()
     try:
         yield dp
     finally:
         await dp.stop(drain_timeout=0)
+
+
+@pytest.fixture
+async def dataplane() -> AsyncIterator[DataPlane]:
+    async with running_dataplane(drain_timeout=0.5, clienthello_timeout=3.0) as dp:
+        yield dp
 
 
 @pytest.fixture

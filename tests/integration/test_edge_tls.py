@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     client_context,
     common_name,
     raw_connect,
+    running_dataplane,
     server_certificate,
     terminate_host,
 )
@@ -51,13 +52,8 @@ class ReportingEcho(asyncio.Protocol):
 
 @pytest.fixture
 async def edge() -> AsyncIterator[DataPlane]:
-    dp = DataPlane(DataPlaneConfig(bind="127.0.0.1", https_port=0, http_port=0, admin_port=0, admin_token=TOKEN,
-                                   clienthello_timeout=1.0, handshake_timeout=3.0), app=ReportingEcho)
-    await dp.start()
-    try:
+    async with running_dataplane(ReportingEcho, clienthello_timeout=1.0, handshake_timeout=3.0) as dp:
         yield dp
-    finally:
-        await dp.stop(drain_timeout=0)
 
 
 async def open_tls(port: int, name: str | None, ctx: ssl.SSLContext) -> tuple[

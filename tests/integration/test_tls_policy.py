@@ -27,7 +27,7 @@ from dataplane.http.info import ConnectionInfo
 from dataplane.http.upstream import TLSContextCache, client_context
 from dataplane.runtime import DataPlane, DataPlaneConfig
 from dataplane.snapshot import CABundle, ClientAuth, Snapshot, TLSHost, UpstreamTLS, content_id
-from tests.integration.conftest import TOKEN, certificate
+from tests.integration.conftest import TOKEN, certificate, running_dataplane
 from tests.integration.conftest import client_context as edge_client
 from tests.pki import CA, Issued
 
@@ -56,13 +56,8 @@ class ReportingEcho(asyncio.Protocol):
 
 @pytest.fixture
 async def edge() -> AsyncIterator[DataPlane]:
-    dp = DataPlane(DataPlaneConfig(bind="127.0.0.1", https_port=0, http_port=0, admin_port=0, admin_token=TOKEN,
-                                   clienthello_timeout=1.0, handshake_timeout=3.0), app=ReportingEcho)
-    await dp.start()
-    try:
+    async with running_dataplane(ReportingEcho, clienthello_timeout=1.0, handshake_timeout=3.0) as dp:
         yield dp
-    finally:
-        await dp.stop(drain_timeout=0)
 
 
 @pytest.fixture(scope="module")
