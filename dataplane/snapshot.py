@@ -32,6 +32,7 @@ ProxyProtocol = Literal["off", "v1", "v2"]
 TLSVersion = Literal["1.2", "1.3"]
 LoadBalance = Literal["round-robin", "least-conn", "client-ip-hash"]
 ClientAuthMode = Literal["required", "optional", "optional_no_ca"]
+BackendProtocol = Literal["http1", "h2"]  # h2 over TCP is h2c; with ``Pool.tls`` it is h2 over TLS (ALPN h2)
 
 TLS_MODES = ("passthrough", "terminate")
 PATH_TYPES = ("Exact", "Prefix")
@@ -40,6 +41,7 @@ PROXY_PROTOCOLS = ("off", "v1", "v2")
 TLS_VERSIONS = ("1.2", "1.3")
 LOAD_BALANCERS = ("round-robin", "least-conn", "client-ip-hash")
 CLIENT_AUTH_MODES = ("required", "optional", "optional_no_ca")
+BACKEND_PROTOCOLS = ("http1", "h2")
 MAX_GENERATION = 2**53  # JSON numbers stay exact in every client below this
 MAX_UNAVAILABLE = 200  # Pool.unavailable: one short line of a 503 body
 
@@ -114,6 +116,7 @@ class Pool:
     send_timeout: float = 60.0  # the backend must accept written request bytes within this
     proxy_protocol: ProxyProtocol = "off"  # passthrough pools only
     unavailable: str = ""  # why there is no endpoint (missing Service, none ready): the 503 says it
+    protocol: BackendProtocol = "http1"  # what HTTP requests are forwarded as (h2: also gRPC, trailers kept)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class TLSHost:
     access_log: bool = True  # passthrough: one access-log line per connection (portcullis.io/access-log)
     limit_connections: int = 0  # concurrent connections per client IP to this host, checked after SNI (0: none)
     limit_whitelist: tuple[str, ...] = ()  # client CIDRs exempt from limit_connections
+    http2: bool = True  # terminate: ALPN offers h2 before http/1.1 (portcullis.io/http2: "false" turns it off)
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,8 @@ def validate(snapshot: Snapshot, check_pem: bool = True) -> list[str]:
         problems.extend(f"{where}: {p}" for p in _cipher_problems(host.ciphers))
         if not isinstance(host.access_log, bool):
             problems.append(f"{where}: access_log must be true or false")
+        if not isinstance(host.http2, bool):
+            problems.append(f"{where}: http2 must be true or false")
         problems.extend(f"{where}: {p}" for p in _limit_problems(host.limit_connections, host.limit_whitelist,
                                                                   "limit_connections"))
 
@@ -471,6 +477,8 @@ def _pool_problems(pool: Pool, certs: Mapping[str, Any], cas: Mapping[str, Any])
         problems.append(f"{where}: unknown load balancer {pool.load_balance!r}")
     if pool.proxy_protocol not in PROXY_PROTOCOLS:
         problems.append(f"{where}: unknown proxy protocol {pool.proxy_protocol!r}")
+    if pool.protocol not in BACKEND_PROTOCOLS:
+        problems.append(f"{where}: unknown backend protocol {pool.protocol!r}")
     if not pool.connect_timeout > 0 or not pool.read_timeout > 0 or not pool.send_timeout > 0:
         problems.append(f"{where}: timeouts must be positive")
     if not isinstance(pool.unavailable, str) or len(pool.unavailable) > MAX_UNAVAILABLE \
