@@ -168,20 +168,23 @@ class UntilCloseReader(BodyReader):
 class ChunkedReader(BodyReader):
     """Incremental, strict ``Transfer-Encoding: chunked`` decoder: chunk sizes of 1-16 hex digits,
     CRLF (never a bare CR or LF) after every line and after chunk data, bounded size lines and
-    trailer section (validated and dropped). ``status`` is the error for the peer (400 for request
-    bodies, 502 for response bodies)."""
+    trailer section (validated, then dropped unless ``keep_trailers``: the HTTP/2 side reads a response's
+    trailers, gRPC's ``grpc-status``, from ``trailers`` as (lower-case name, stripped value) pairs).
+    ``status`` is the error for the peer (400 for request bodies, 502 for response bodies)."""
 
-    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "status")
+    __slots__ = ("_keep", "_line", "_remaining", "_state", "_trailer_bytes", "status", "trailers")
 
     # states
     SIZE, DATA, DATA_CRLF, TRAILER, DONE = range(5)
 
-    def __init__(self, status: int = 400) -> None:
+    def __init__(self, status: int = 400, keep_trailers: bool = False) -> None:
         self._state = ChunkedReader.SIZE
         self._remaining = 0
         self._line = bytearray()
         self._trailer_bytes = 0
         self.status = status
+        self._keep = keep_trailers
+        self.trailers: list[tuple[bytes, bytes]] = []
 
     @property
     def done(self) -> bool:
@@ -237,16 +240,18 @@ class ChunkedReader(BodyReader):
             if line:
                 raise ParseError(self.status, "missing CRLF after chunk data")
             self._state = ChunkedReader.SIZE
-        else:  # trailer section: validated and dropped
+        else:  # trailer section: validated (and kept when asked)
             if not line:
                 self._state = ChunkedReader.DONE
                 return
             self._trailer_bytes += len(line)
             if self._trailer_bytes > MAX_TRAILER_BYTES:
                 raise ParseError(self.status, "trailer section too large")
-            name, colon, _ = line.partition(b":")
+            name, colon, value = line.partition(b":")
             if not colon or TOKEN.fullmatch(name) is None or FORBIDDEN.search(line) is not None:
                 raise ParseError(self.status, "malformed trailer")
+            if self._keep:
+                self.trailers.append((name.lower(), value.strip(b" \t")))
 
 
 def chunk(data: bytes) -> bytes:
@@ -255,3 +260,22 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+# Fields that frame or route a message: never valid as trailers (RFC 9110 6.5.1), so never forwarded as one.
+_NOT_TRAILERS = frozenset({
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"te", b"trailer", b"upgrade", b"host",
+})
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """The end of a chunked body carrying ``trailers`` ((lower-case name, value) pairs, as an HTTP/2
+    backend sent them): fields whose name is not a token or whose value holds CR, LF or NUL are dropped
+    (they would split or smuggle lines), and so are framing fields."""
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        if TOKEN.fullmatch(name) is None or name.lower() in _NOT_TRAILERS or _BAD_VALUE.search(value) is not None:
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value.strip(b" \t")))
+    lines.append(b"\r\n")
+    return b"".join(lines)

@@ -32,6 +32,10 @@ class ConnectionInfo:
     sni: str | None = None
     tls_host: TLSHost | None = None
     client_cert: ClientCert | None = None
+    # What the client speaks on this exchange, for metrics and the access log: "http/1.1" (also HTTP/1.0),
+    # "h2" (an HTTP/2 stream, handed to the engine as one HTTP/1.1 exchange) or "grpc" (an h2 stream whose
+    # content-type is application/grpc).
+    protocol: str = "http/1.1"
 
 
 def _dn(rdns: Any) -> str:
