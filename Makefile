@@ -17,7 +17,8 @@ install: $(BIN)/portcullis
 build-deps:
 	bash scripts/install-build-deps $(PYTHON)
 
-# Tools the tests drive as real clients and servers (curl, openssl, etcd, iproute2).
+# Tools the tests drive as real clients and servers (curl, openssl, etcd, iproute2; h2spec built with Go into
+# ~/.cache/portcullis/bin, where the HTTP/2 tests look after the PATH).
 system-deps:
 	bash scripts/install-system-deps
 
