@@ -29,4 +29,4 @@ class HTTPSettings:
     upgrade_idle_timeout: float = 3600.0  # upgraded (WebSocket) connection silent both ways this long: close
     max_body_size: int = 1024 * 1024  # request body limit of routes that set none (-1); 0: no limit
     max_response_head: int = 65536  # upstream response head bytes; 502 beyond
-    h2: H2Limits = field(default_factory=H2Limits)  # HTTP/2 client connections: streams and flood limits (dataplane/http2/guard.py)
+    h2: H2Limits = field(default_factory=H2Limits)  # HTTP/2 client streams and flood limits (http2/guard.py)
