@@ -19,7 +19,14 @@ from typing import Any, Literal, TypeVar, get_args
 
 from controller.problems import ObjectRef, Problem
 from dataplane.limits import parse_whitelist
-from dataplane.snapshot import ClientAuthMode, InsecurePolicy, LoadBalance, ProxyProtocol, TLSVersion
+from dataplane.snapshot import (
+    BackendProtocol,
+    ClientAuthMode,
+    InsecurePolicy,
+    LoadBalance,
+    ProxyProtocol,
+    TLSVersion,
+)
 
 NATIVE = "portcullis.io/"
 NGINX = "nginx.ingress.kubernetes.io/"
@@ -29,6 +36,18 @@ OPENSHIFT = "route.openshift.io/"
 Mode = Literal["passthrough", "offload", "reencrypt"]  # the TLS mode an annotation asks for
 ClientAuthSetting = ClientAuthMode | Literal["off"]  # ingress-nginx's "off" turns a compatible CA annotation off
 MODES: tuple[Mode, ...] = get_args(Mode)
+# portcullis.io/backend-protocol: what requests are forwarded to the backend as (gRPC is HTTP/2).
+BackendProtocolSetting = Literal["http1", "h2c", "h2", "grpc", "grpcs"]
+BACKEND_PROTOCOLS: tuple[BackendProtocolSetting, ...] = get_args(BackendProtocolSetting)
+# Each value's wire protocol (Pool.protocol) and whether it asks for TLS to the backend (None: tls-mode decides).
+BACKEND_WIRE: dict[BackendProtocolSetting, tuple[BackendProtocol, bool | None]] = {
+    "http1": ("http1", None), "h2c": ("h2", False), "grpc": ("h2", False), "h2": ("h2", True), "grpcs": ("h2", True),
+}
+# ingress-nginx backend-protocol values and the native value each sets (HTTP/HTTPS set only the mode, as before).
+_NGINX_PROTOCOLS: dict[str, BackendProtocolSetting | None] = {"HTTP": None, "HTTPS": None, "GRPC": "grpc",
+                                                              "GRPCS": "grpcs"}
+# Pairs that mean the same, so setting both is no conflict (GRPCS/grpcs: the native one verifies the backend).
+_SAME_PROTOCOL = {("HTTP", "http1"), ("GRPC", "grpc"), ("GRPC", "h2c"), ("GRPCS", "grpcs"), ("GRPCS", "h2")}
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 # ASCII digits only: Python's \d and int() accept any Unicode digit (Arabic-Indic "10" is 10) and int() takes "1_0".
@@ -87,6 +106,8 @@ class Settings:
     limit_connections: int | None = None  # concurrent connections per client IP to the Ingress's TLS hosts
     limit_rps: int | None = None  # requests a second per client IP to the Ingress's routes (burst 5x)
     limit_whitelist: tuple[str, ...] | None = None  # client CIDRs exempt from both
+    backend_protocol: BackendProtocolSetting | None = None  # None: http1
+    http2: bool | None = None  # None: ALPN offers h2 on the Ingress's terminated hosts
     origin: Mapping[str, str] = field(default_factory=dict)
     nginx_unverified_https: bool = False  # backend-protocol HTTPS without proxy-ssl-verify: ingress-nginx semantics
 
@@ -314,12 +335,11 @@ def nginx_verify_client(value: str, _: Context) -> ClientAuthSetting:
 
 
 def nginx_backend_protocol(value: str, _: Context) -> Mode | None:
+    """The mode ingress-nginx's value asks for (HTTPS, GRPCS: TLS to the backend); the protocol is set apart."""
     key = value.strip().upper()
-    if key == "HTTPS":
-        return "reencrypt"
-    if key == "HTTP":
-        return None
-    raise ValueError("only HTTP and HTTPS are supported")
+    if key not in _NGINX_PROTOCOLS:
+        raise ValueError("only HTTP, HTTPS, GRPC and GRPCS are supported (AJP, FCGI and AUTO_HTTP are not)")
+    return "reencrypt" if key in ("HTTPS", "GRPCS") else None
 
 
 def nginx_true_means(result: T) -> Callable[[str, Context], T | None]:
@@ -396,6 +416,13 @@ SPECS: tuple[Spec, ...] = (
     Spec(NATIVE + "access-log", "access_log", boolean,
          "one access-log line per request (passthrough: per connection); false: none for this Ingress",
          "true | false (true)"),
+    Spec(NATIVE + "backend-protocol", "backend_protocol", choice(BACKEND_PROTOCOLS),
+         "what requests are forwarded to the backend as: h2c and grpc HTTP/2 cleartext, h2 and grpcs HTTP/2 over "
+         "TLS (verified as reencrypt, whatever the tls-mode); gRPC trailers kept; passthrough: ignored",
+         "http1 | h2c | h2 | grpc | grpcs (http1)"),
+    Spec(NATIVE + "http2", "http2", boolean,
+         "offer HTTP/2 (ALPN h2, then http/1.1) on the Ingress's terminated hosts; false: HTTP/1.1 only",
+         "true | false (true)"),
     Spec(NATIVE + "backend-tls-versions", "backend_tls_versions", tls_versions, "TLS versions offered to the backend",
          "TLSv1.2 TLSv1.3"),
     Spec(NATIVE + "backend-ciphers", "backend_ciphers", ciphers, "TLS 1.2 cipher list offered to the backend",
@@ -412,8 +439,9 @@ SPECS: tuple[Spec, ...] = (
          "CIDR list: 10.0.0.0/8,192.168.1.7"),
     # ingress-nginx (original semantics; insecure ones are flagged by the renderer)
     Spec(NGINX + "ssl-passthrough", "mode", nginx_true_means("passthrough"), "TLS passthrough", "true | false"),
-    Spec(NGINX + "backend-protocol", "mode", nginx_backend_protocol, "HTTPS: TLS to the backend (not verified "
-         "unless proxy-ssl-verify is on, as in ingress-nginx)", "HTTP | HTTPS"),
+    Spec(NGINX + "backend-protocol", "mode", nginx_backend_protocol, "HTTPS, GRPCS: TLS to the backend (not "
+         "verified unless proxy-ssl-verify is on, as in ingress-nginx); GRPC, GRPCS: HTTP/2 to the backend",
+         "HTTP | HTTPS | GRPC | GRPCS"),
     Spec(NGINX + "proxy-ssl-secret", "backend_ca_secret", secret_name,
          "backend trust (ca.crt) and client certificate (tls.crt/tls.key)", "namespace/name"),
     Spec(NGINX + "proxy-ssl-verify", "backend_verify", boolean, "verify the backend certificate", "on | off"),
@@ -464,7 +492,9 @@ def parse_annotations(ref: ObjectRef, annotations: Mapping[str, str]) -> tuple[S
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    ordered = sorted((k for k in annotations if k in SPEC_BY_KEY), key=lambda k: (k.startswith(NATIVE), k))
+    shadowed = _shadowed_nginx_protocol(ref, annotations, problems)
+    ordered = sorted((k for k in annotations if k in SPEC_BY_KEY and k not in shadowed),
+                     key=lambda k: (k.startswith(NATIVE), k))
     for key in ordered:
         spec = SPEC_BY_KEY[key]
         raw = annotations[key]
@@ -483,6 +513,11 @@ def parse_annotations(ref: ObjectRef, annotations: Mapping[str, str]) -> tuple[S
         if key.startswith(NATIVE) and key not in SPEC_BY_KEY:
             problems.append(Problem(ref, "Warning", "UnknownAnnotation", f"metadata.annotations[{key}]",
                                     "unknown Portcullis annotation; ignored (see `portcullis render --annotations`)"))
+    nginx_protocol = annotations.get(NGINX + "backend-protocol", "").strip().upper()
+    if NGINX + "backend-protocol" in ordered and _NGINX_PROTOCOLS.get(nginx_protocol) \
+            and "backend_protocol" not in origin:
+        values["backend_protocol"] = _NGINX_PROTOCOLS[nginx_protocol]
+        origin["backend_protocol"] = NGINX + "backend-protocol"
     settings = replace(Settings(**values), origin=origin)
     # ingress-nginx proxies HTTPS backends without verifying them unless proxy-ssl-verify is on.
     if origin.get("mode") == NGINX + "backend-protocol" and "backend_verify" not in origin:
@@ -491,6 +526,26 @@ def parse_annotations(ref: ObjectRef, annotations: Mapping[str, str]) -> tuple[S
         settings = replace(settings, backend_client_secret=settings.backend_ca_secret,
                            origin={**origin, "backend_client_secret": NGINX + "proxy-ssl-secret"})
     return settings, problems
+
+
+def _shadowed_nginx_protocol(ref: ObjectRef, annotations: Mapping[str, str], problems: list[Problem]) -> set[str]:
+    """ingress-nginx's backend-protocol, when a valid portcullis.io/backend-protocol replaces it entirely.
+
+    Entirely: its TLS mode too (HTTPS/GRPCS mean reencrypt), so the native value alone decides what reaches
+    the backend. Unless both mean the same, a Warning says the compatible one is ignored.
+    """
+    native, nginx = NATIVE + "backend-protocol", NGINX + "backend-protocol"
+    if native not in annotations or nginx not in annotations:
+        return set()
+    try:
+        value = SPEC_BY_KEY[native].parse(annotations[native], Context(ref.namespace, native))
+    except ValueError:
+        return set()  # the native value is reported invalid and ignored: the compatible one applies
+    if (annotations[nginx].strip().upper(), value) not in _SAME_PROTOCOL:
+        problems.append(Problem(ref, "Warning", "AnnotationConflict", f"metadata.annotations[{native}]",
+                                f"{native}={annotations[native]!r} disagrees with {nginx}={annotations[nginx]!r}; "
+                                f"the native one wins and {nginx} is ignored (its TLS mode too)"))
+    return {nginx}
 
 
 def annotation_table() -> str:

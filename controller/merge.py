@@ -9,7 +9,7 @@ traffic, weaken client auth or swap the certificate of one already serving. Host
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controller.model import Ingress
 from controller.plan import Plan, Problems, annotation_field
@@ -42,7 +42,14 @@ class HostState:
 
 def _host_tls_settings(row: TLSHost) -> tuple[object, ...]:
     """What a younger Ingress must agree on to share a host: all of it is one handshake policy."""
-    return (row.client_auth, row.min_version, row.ciphers, row.prefer_server_ciphers)
+    return (row.client_auth, row.min_version, row.ciphers, row.prefer_server_ciphers, row.http2)
+
+
+def _differing(row: TLSHost, held: TLSHost) -> str:
+    """What differs, for the conflict message (``portcullis.io/http2`` named only when it is what differs)."""
+    if row.http2 != held.http2 and _host_tls_settings(replace(row, http2=held.http2)) == _host_tls_settings(held):
+        return "HTTP/2 offered or not, portcullis.io/http2"
+    return "client auth, minimum version, ciphers"
 
 
 class Tables:
@@ -79,8 +86,9 @@ class Tables:
                     state.tls_row = row
                 elif _host_tls_settings(row) != _host_tls_settings(state.tls_row):
                     self.problems.add(ing.ref, "Warning", "TLSSettingsConflict", "metadata.annotations",
-                                      f"host {host} already has different TLS settings (client auth, minimum "
-                                      f"version, ciphers) from older {state.owner.ref}; this Ingress's routes for "
+                                      f"host {host} already has different TLS settings "
+                                      f"({_differing(row, state.tls_row)}) from older {state.owner.ref}; "
+                                      "this Ingress's routes for "
                                       "it are ignored so they cannot weaken or bypass them")
                     continue
                 elif row.certificate_id and row.certificate_id != state.tls_row.certificate_id:

@@ -26,6 +26,7 @@ from controller.certificates import Checked, ParseCache, ca_bundle, covers, serv
 from controller.model import BackendRef, Ingress, Inputs, Secret
 from controller.problems import ObjectRef, Problem, Severity
 from dataplane.snapshot import (
+    BackendProtocol,
     CABundle,
     Certificate,
     ClientAuth,
@@ -99,7 +100,11 @@ _MEANINGFUL: dict[str, tuple[PlanMode, ...]] = {
     "backend_verify_depth": ("reencrypt",),
     "limit_rps": ("offload", "reencrypt", HTTP_ONLY),
     "limit_connections": ("passthrough", "offload", "reencrypt"),  # counted once the SNI is known
+    "backend_protocol": ("offload", "reencrypt", HTTP_ONLY),  # passthrough: the bytes are the client's
+    "http2": ("offload", "reencrypt"),  # ALPN of terminated hosts; passthrough: the backend's business
 }
+# Upstream TLS settings: meaningful in reencrypt, and wherever backend-protocol h2 or grpcs asks for TLS.
+_UPSTREAM_TLS_SETTINGS = {s for s, modes in _MEANINGFUL.items() if modes == ("reencrypt",)}
 
 
 def host_limits(settings: ann.Settings) -> dict[str, Any]:
@@ -123,13 +128,34 @@ def decide_mode(ingress: Ingress, settings: ann.Settings) -> PlanMode:
     return "offload" if ingress.tls else HTTP_ONLY
 
 
+def backend_wire(settings: ann.Settings) -> tuple[BackendProtocol, bool | None]:
+    """(Pool.protocol, TLS asked for: True, cleartext asked for: False, None: tls-mode decides)."""
+    return ann.BACKEND_WIRE[settings.backend_protocol or "http1"]
+
+
+def upstream_tls_wanted(mode: PlanMode, explicit_mode: bool, protocol_tls: bool | None, speaks_tls: bool) -> bool:
+    """TLS to the backend: reencrypt, or backend-protocol h2/grpcs (fail secure: whatever the mode but
+    passthrough), or a Service port declaring TLS when neither tls-mode nor backend-protocol says otherwise."""
+    if mode == "passthrough":
+        return False
+    return mode == "reencrypt" or protocol_tls is True or (speaks_tls and not explicit_mode and protocol_tls is None)
+
+
 def _report_ignored(plan: Plan) -> None:
+    upstream_tls = backend_wire(plan.settings)[1] is True
     for setting, modes in _MEANINGFUL.items():
         key = plan.settings.origin.get(setting)
+        if setting in _UPSTREAM_TLS_SETTINGS and upstream_tls and plan.mode != "passthrough":
+            continue
         if key is not None and plan.mode not in modes:
             mode = "plain HTTP (no spec.tls)" if plan.mode == HTTP_ONLY else f"{plan.mode} mode"
             plan.problems.add(plan.ingress.ref, "Warning", "AnnotationIgnored", annotation_field(key),
                          f"has no effect in {mode}; ignored")
+    if plan.mode == "reencrypt" and backend_wire(plan.settings)[1] is False:
+        plan.problems.add(plan.ingress.ref, "Warning", "BackendProtocolMismatch",
+                          annotation_field(plan.settings.origin["backend_protocol"]),
+                          f"backend-protocol {plan.settings.backend_protocol} is cleartext but tls-mode reencrypt "
+                          "asks for TLS to the backend: HTTP/2 over TLS is used (the secure choice)")
 
 
 # Words of the validator's TLS-row messages -> the setting (and so the annotation) responsible.
@@ -151,7 +177,8 @@ def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
     """``ns/service:port``, plus a digest of the non-default options so different options never share a pool."""
     base = f"{namespace}/{backend.service}:{backend.port_text}"
     options = Pool(id="", tls=spec.tls, load_balance=spec.load_balance, connect_timeout=spec.connect_timeout,
-                   read_timeout=spec.read_timeout, send_timeout=spec.send_timeout, proxy_protocol=spec.proxy_protocol)
+                   read_timeout=spec.read_timeout, send_timeout=spec.send_timeout, proxy_protocol=spec.proxy_protocol,
+                   protocol=spec.protocol)
     if options == Pool(id=""):
         return base
     return base + "~" + hashlib.sha256(repr(options).encode()).hexdigest()[:10]
@@ -252,13 +279,14 @@ class Planner:
                               f"Service {ing.ref.namespace}/{backend.service} port {backend.port_text} has no ready "
                               "endpoints; requests get 503")
         tls = None
-        upstream_tls = plan.mode == "reencrypt" or (
-            resolved.speaks_tls and settings.mode is None and plan.mode != "passthrough"
-        )
-        if resolved.speaks_tls and settings.mode == "offload":
+        protocol, protocol_tls = backend_wire(settings) if plan.mode != "passthrough" else ("http1", None)
+        upstream_tls = upstream_tls_wanted(plan.mode, settings.mode is not None, protocol_tls, resolved.speaks_tls)
+        if resolved.speaks_tls and not upstream_tls and plan.mode != "passthrough":
+            why = "tls-mode offload" if settings.mode == "offload" else \
+                f"{settings.origin.get('backend_protocol')} {settings.backend_protocol}"
             plan.problems.add(ing.ref, "Warning", "BackendProtocolMismatch", backend.field,
                               f"Service port {backend.port_text} declares appProtocol {resolved.app_protocol} but "
-                              "tls-mode offload sends plain HTTP to it")
+                              f"{why} sends plain HTTP to it")
         if upstream_tls:
             tls = self._upstream_tls(plan, backend)
             if tls is None:
@@ -272,6 +300,7 @@ class Planner:
             read_timeout=settings.read_timeout or 60.0,
             send_timeout=settings.send_timeout or 60.0,
             proxy_protocol=(settings.proxy_protocol or "off") if plan.mode == "passthrough" else "off",
+            protocol=protocol,
         )
         pool = Pool(**{**spec.__dict__, "id": _pool_id(ing.ref.namespace, backend, spec)})
         if resolved.error or not resolved.endpoints:
@@ -450,6 +479,7 @@ class Planner:
                     **host_limits(settings),
                     client_auth=client_auth, ciphers=settings.tls_ciphers or "",
                     prefer_server_ciphers=settings.tls_prefer_server_ciphers is not False, source=str(ing.ref),
+                    http2=settings.http2 is not False,
                 )
                 plan.hosts.add(host)
         if self._refuse_tls_rows(plan):

@@ -305,6 +305,7 @@ VALUES = st.one_of(st.text(max_size=30), st.sampled_from([
     "required", "1.2", "1.3", "5s", "0s", "1h", "ca", "tls", "client", "v1", "v2", "least-conn",
     "CN=(", "CN=a.*", "https://e.example/x", "ftp://x", "ECDHE+AESGCM", "NOPE", "TLSv1.2 TLSv1.3", "TLSv1.1",
     "0", "1m", "-1", "max-age=10; preload", "\u0661\u0660s", "web.shop.svc", "shop/ca", "other/ca",
+    "http1", "h2c", "h2", "grpc", "grpcs", "GRPC", "GRPCS", "HTTPS", "AJP",
 ]))
 ANNOTATION_KEYS = st.sampled_from([
     P + n for n in ("tls-mode", "insecure-policy", "hsts", "backend-ca-secret", "backend-server-name",
@@ -312,7 +313,7 @@ ANNOTATION_KEYS = st.sampled_from([
                     "client-cert-headers", "proxy-protocol", "tls-min-version", "load-balance", "connect-timeout",
                     "read-timeout", "send-timeout", "max-body-size", "tls-ciphers", "client-auth-match-cn",
                     "client-auth-error-page", "backend-tls-versions", "backend-ciphers", "backend-verify-depth",
-                    "bogus")
+                    "backend-protocol", "http2", "bogus")
 ] + [NGINX + n for n in ("ssl-passthrough", "backend-protocol", "proxy-ssl-secret", "proxy-ssl-verify",
                          "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth", "auth-tls-match-cn",
                          "ssl-ciphers", "proxy-body-size", "proxy-read-timeout", "proxy-ssl-protocols")]
