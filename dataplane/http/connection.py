@@ -27,6 +27,7 @@ from dataplane.http.framing import (
     LengthReader,
     ParseError,
     chunk,
+    last_chunk,
 )
 from dataplane.http.headers import (
     CHUNKED,
@@ -55,6 +56,7 @@ from dataplane.http.table import (
     tls_change,
 )
 from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection, fires_by
+from dataplane.http2.upstream import H2Stream, H2Upstream
 from dataplane.limits import RateLimit
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
@@ -108,8 +110,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._block = b""
         # the current exchange
         self._req: RequestHead | None = None
-        self._upstream: Upstream | None = None
-        self._conn: UpstreamConnection | None = None
+        self._upstream: Upstream | H2Upstream | None = None
+        self._conn: UpstreamConnection | H2Stream | None = None  # H2Stream: one stream to an h2 pool
         self._connecting: asyncio.Task[None] | None = None
         self._up_head = b""
         self._body: BodyReader | None = None  # framing of the current request body (None: no body)
@@ -126,6 +128,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._label = NO_HOST_LABEL
         self._hsts: bytes | None = None
         self._pending = b""  # response head not yet written
+        self._trailers: list[tuple[bytes, bytes]] | None = None  # response trailers (an HTTP/2 backend's)
         self._max_body = 0  # chunked request body limit of the current route (0: none)
         self._body_seen = 0
         self._last_in = 0.0  # last request-body (or tunnel) byte from the client
@@ -399,7 +402,7 @@ class HTTPProtocol(asyncio.Protocol):
         assert self._loop is not None
         self._connecting = self._loop.create_task(self._connect(upstream, ep))
 
-    async def _connect(self, upstream: Upstream, ep: Endpoint) -> None:
+    async def _connect(self, upstream: Upstream | H2Upstream, ep: Endpoint) -> None:
         try:
             conn = await upstream.connect(ep)
         except ConnectError as err:
@@ -416,7 +419,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._attach(conn, reused=False)
 
-    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, conn: UpstreamConnection | H2Stream, reused: bool) -> None:
         req = self._req
         upstream = self._upstream
         assert req is not None and upstream is not None
@@ -547,11 +550,13 @@ class HTTPProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if self._framing == CHUNKED:
-            transport.write(self._pending + LAST_CHUNK)
+            trailers = self._trailers
+            transport.write(self._pending + (last_chunk(trailers) if trailers else LAST_CHUNK))
         elif self._pending:
             transport.write(self._pending)
         self._out += len(self._pending)
         self._pending = b""
+        self._trailers = None  # a length-framed or HTTP/1.0 response has nowhere to put them: dropped
         if not self._logged:
             self._log(self._status)
         conn = self._conn
@@ -568,6 +573,10 @@ class HTTPProtocol(asyncio.Protocol):
         if self._buf:
             self._deadline = self._now() + self._settings.header_timeout
             self._process()
+
+    def upstream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The response's trailer fields (an HTTP/2 backend's trailing HEADERS): they end a chunked body."""
+        self._trailers = fields
 
     def upstream_lost(self, status: int, reason: str, message: str) -> None:
         conn = self._conn

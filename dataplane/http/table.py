@@ -22,6 +22,7 @@ from dataplane.http.parser import RequestHead
 from dataplane.http.path import route_path as canonical_route_path
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.upstream import TLSContextCache, Upstream
+from dataplane.http2.upstream import H2Upstream
 from dataplane.limits import LimitRegistry, RateLimit, Whitelist, parse_whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import ClientAuth, Route, Snapshot, TLSHost, VirtualHost, route_order
@@ -138,7 +139,7 @@ class HTTPTable:
         vhosts: Mapping[str, VHostEntry],
         tls_hosts: Mapping[str, TLSHost],
         pools: Mapping[str, UpstreamPool],
-        upstreams: Mapping[str, Upstream],
+        upstreams: Mapping[str, Upstream | H2Upstream],
         tls_contexts: TLSContextCache,
         generation: int = 0,
     ) -> None:
@@ -214,7 +215,7 @@ def build_http_table(
     cas = {c.id: c for c in snapshot.ca_bundles}
     certs = {c.id: c for c in snapshot.certificates}
     pools: dict[str, UpstreamPool] = {}
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[str, Upstream | H2Upstream] = {}
     insecure = 0
     for spec in snapshot.pools:
         old = previous.upstreams.get(spec.id) if previous is not None else None
@@ -229,12 +230,17 @@ def build_http_table(
         error = ""
         if spec.tls is not None:
             try:
-                ctx = contexts.get(spec.tls, cas, certs)
+                ctx = contexts.get(spec.tls, cas, certs, spec.protocol)
             except (ssl.SSLError, ValueError, OSError) as exc:
                 error = f"upstream TLS settings do not load: {exc}"
                 log.warning("pool %s: %s", spec.id, error)
-        carry = old if old is not None and old.spec.tls == spec.tls else None
-        upstreams[spec.id] = Upstream(spec, balancer, ctx, error, settings, metrics, carry)
+        same = old is not None and old.spec.tls == spec.tls and old.spec.protocol == spec.protocol
+        if spec.protocol == "h2":
+            h2_carry = old if same and isinstance(old, H2Upstream) else None
+            upstreams[spec.id] = H2Upstream(spec, balancer, ctx, error, settings, metrics, h2_carry)
+        else:
+            carry = old if same and isinstance(old, Upstream) else None
+            upstreams[spec.id] = Upstream(spec, balancer, ctx, error, settings, metrics, carry)
         pools[spec.id] = balancer
     metrics.insecure_upstreams.set(insecure)
     vhosts = {v.host: _vhost_entry(v, settings, limits) for v in snapshot.virtual_hosts}

@@ -61,6 +61,7 @@ class ResponseSink(Protocol):
     def upstream_head(self, resp: ResponseHead) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_done(self) -> None: ...
+    def upstream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None: ...  # (lower-case name, value); before done
     def upstream_lost(self, status: int, reason: str, message: str) -> None: ...
     def upstream_tunnel(self, data: bytes) -> None: ...
     def upstream_flush(self) -> None: ...  # end of one read: write anything held back
@@ -71,8 +72,10 @@ class ResponseSink(Protocol):
 # --- TLS contexts ------------------------------------------------------------------------------
 
 
-def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certificate | None) -> ssl.SSLContext:
-    """A client context that verifies the backend by ``tls.server_name`` (SNI and check use the same name)."""
+def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certificate | None,
+                   protocol: str = "http1") -> ssl.SSLContext:
+    """A client context that verifies the backend by ``tls.server_name`` (SNI and check use the same name);
+    ALPN offers the pool's one protocol (``h2`` pools require the backend to select it)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if tls.max_version == "1.2" else ssl.TLSVersion.TLSv1_3
@@ -93,15 +96,15 @@ def client_context(tls: UpstreamTLS, ca: CABundle | None, client_cert: Certifica
         ctx.verify_mode = ssl.CERT_NONE
     if client_cert is not None:
         pem.load_key_pair(ctx, client_cert.cert_pem, client_cert.key_pem)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2"] if protocol == "h2" else ["http/1.1"])
     return ctx
 
 
-_ContextKey = tuple[str | None, bool, str | None, str, str, str, int]
+_ContextKey = tuple[str | None, bool, str | None, str, str, str, int, str]
 
 
 class TLSContextCache:
-    """Contexts by (CA id, verify, client certificate id, versions, ciphers, verify depth); ids are
+    """Contexts by (CA id, verify, client certificate id, versions, ciphers, verify depth, protocol); ids are
     content hashes, so equal keys mean equal material and a context can be reused across snapshots."""
 
     def __init__(self, previous: TLSContextCache | None = None) -> None:
@@ -109,10 +112,11 @@ class TLSContextCache:
         self._contexts: dict[_ContextKey, ssl.SSLContext] = {}
 
     def get(
-        self, tls: UpstreamTLS, cas: Mapping[str, CABundle], certs: Mapping[str, Certificate]
+        self, tls: UpstreamTLS, cas: Mapping[str, CABundle], certs: Mapping[str, Certificate],
+        protocol: str = "http1",
     ) -> ssl.SSLContext:
         key = (tls.ca_id, tls.verify, tls.client_cert_id, tls.min_version, tls.max_version, tls.ciphers,
-               tls.verify_depth)
+               tls.verify_depth, protocol)
         ctx = self._contexts.get(key) or self._old.get(key)
         if ctx is None:
             ca = cas.get(tls.ca_id) if tls.ca_id is not None else None
@@ -121,7 +125,7 @@ class TLSContextCache:
             cert = certs.get(tls.client_cert_id) if tls.client_cert_id is not None else None
             if tls.client_cert_id is not None and cert is None:
                 raise ValueError(f"client certificate {tls.client_cert_id} is not in the snapshot")
-            ctx = client_context(tls, ca, cert)
+            ctx = client_context(tls, ca, cert, protocol)
         self._contexts[key] = ctx
         return ctx
 
