@@ -66,7 +66,7 @@ def machine_line() -> dict[str, Any]:
         "cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 1048576, 1),
         "kernel": platform.release(), "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
         "haproxy": version(["haproxy", "-v"]), "nginx": version(["nginx", "-v"]),
-        "wrk": version(["wrk", "--version"]).split(" Copyright")[0],
+        "wrk": version(["wrk", "--version"]).split(" Copyright")[0], "h2load": version(["h2load", "--version"]),
         "git": version(["git", "-C", str(BENCH_DIR.parent), "log", "-1", "--format=%h %s"]),
     }
 
@@ -157,10 +157,14 @@ class Harness:
     def run_points(self) -> list[dict[str, Any]]:
         points: list[dict[str, Any]] = []
         active = [p for p in self.args.proxies if p in self.procs]
-        total = len(self.args.modes) * len(self.args.workloads) * self.args.reps * len(active)
+        pairs = [(m, w) for m in self.args.modes for w in self.args.workloads
+                 if not loadgen.WORKLOADS[w].modes or m in loadgen.WORKLOADS[w].modes]
+        total = len(pairs) * self.args.reps * len(active)
         done = 0
         for mode in self.args.modes:
             for wl_name in self.args.workloads:
+                if (mode, wl_name) not in pairs:
+                    continue  # e.g. HTTP/2 needs a terminating mode
                 wl = loadgen.WORKLOADS[wl_name]
                 runs: dict[str, list[dict[str, Any]]] = {p: [] for p in active}
                 failures: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""Bounded load with wrk (and h2load for full handshakes), pinned to the client core.
+"""Bounded load with wrk (HTTP/1.1) and h2load (HTTP/2), pinned to the client core.
 
 wrk connects to the name in its URL and sends it as SNI; the bench names (``*.bench.test``) are not
 in /etc/hosts, so the Lua script overrides ``wrk.resolve`` to connect to 127.0.0.1 while the URL
@@ -7,6 +7,10 @@ in /etc/hosts, so the Lua script overrides ``wrk.resolve`` to connect to 127.0.0
 wrk resumes TLS sessions on reconnect (it keeps the session across ``SSL_clear``), so the
 ``close`` workload measures resumed handshakes, as real returning clients do; the ``handshake``
 workload preloads ``noresume.c`` so every connection is a full ECDSA P-256 handshake.
+
+HTTP/2 workloads run h2load (``-D`` seconds, ``-c`` connections, ``-m`` concurrent streams on each), which
+connects with ``--connect-to`` to 127.0.0.1 while the URL's name is the SNI and ``:authority``. h2load reports the
+mean and the maximum time per request, not percentiles: the p50/p99 columns stay empty for those points.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class Workload:
     delay_ms: int = 0  # per-connection think time: a fixed offered load for the p99 comparison
     full_handshake: bool = False  # LD_PRELOAD bench/noresume.c: the client never resumes a session
     description: str = ""
+    h2_streams: int = 0  # > 0: HTTP/2 with h2load, this many concurrent streams per connection
+    h2_connections: int = 10
+    modes: tuple[str, ...] = ()  # the modes it runs in (empty: all)
 
 
 WORKLOADS = {
@@ -57,6 +64,9 @@ WORKLOADS = {
                           description="1 KiB, new connection per request, full handshake (client never resumes)"),
     "1k-paced": Workload("1k-paced", "/1k", delay_ms=25,
                          description="1 KiB keep-alive at a fixed offered load (50 conns x 25 ms think time)"),
+    "h2-1k": Workload("h2-1k", "/1k", h2_streams=10, h2_connections=10, modes=("offload",),
+                      description="HTTP/2 (ALPN h2), 1 KiB body, keep-alive: h2load, 10 connections x 10 concurrent "
+                                  "streams (offload only)"),
 }
 
 
@@ -105,6 +115,57 @@ def run_wrk(work: Path, wl: Workload, host: str, port: int, seconds: float, conn
     return data
 
 
+_H2_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def _h2_micros(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(f"h2load time {text!r}")
+    return float(m.group(1)) * _H2_UNITS[m.group(2)]
+
+
+def parse_h2load(out: str) -> dict[str, float]:
+    """h2load's summary as the figures the report reads (requests, seconds, rps, errors, mean/max latency)."""
+    fin = re.search(r"^finished in ([0-9.]+)s, ([0-9.]+) req/s", out, re.M)
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    traffic = re.search(r"^traffic: .*?\((\d+)\) total", out, re.M)
+    timing = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
+    if not (fin and req and codes):
+        raise ValueError("no h2load summary")
+    done = int(req.group(3))
+    seconds = float(fin.group(1))
+    failed = int(req.group(5)) + int(req.group(6)) + int(req.group(7))
+    data: dict[str, float] = {
+        "requests": done, "seconds": seconds, "rps": done / seconds if seconds else 0.0,
+        "bytes": int(traffic.group(1)) if traffic else 0,
+        "errors": failed + sum(int(codes.group(i)) for i in (2, 3, 4)),
+    }
+    if timing:
+        data["mean_us"] = _h2_micros(timing.group(3))
+        data["max_us"] = _h2_micros(timing.group(2))
+    return data
+
+
+def run_h2load(wl: Workload, host: str, port: int, seconds: float, cpu: str | None) -> dict[str, float]:
+    argv = ["h2load", "-c", str(wl.h2_connections), "-m", str(wl.h2_streams), "-D", str(max(1, round(seconds))),
+            "--connect-to", f"{BIND}:{port}", f"https://{host}:{port}{wl.path}"]
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if res.returncode != 0 or "Application protocol: h2" not in res.stdout:
+        raise RuntimeError(f"h2load failed ({res.returncode}) or did not negotiate h2: {res.stdout[-800:]} "
+                           f"{res.stderr[-800:]}")
+    try:
+        return parse_h2load(res.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"h2load: {exc}: {res.stdout[-800:]}") from exc
+
+
 def run(work: Path, wl: Workload, host: str, port: int, seconds: float, connections: int,
         cpu: str | None) -> dict[str, float]:
+    if wl.h2_streams:
+        return run_h2load(wl, host, port, seconds, cpu)
     return run_wrk(work, wl, host, port, seconds, connections, cpu)

@@ -14,6 +14,7 @@ CPU_TARGETS = (
     ("reencrypt", "1k", 1.5),
     ("offload", "100k", 1.0),
     ("offload", "handshake", 1.3),
+    ("offload", "h2-1k", 2.0),  # issue 13: HTTP/2 to clients
 )
 P99_TARGET = ("1k-paced", 1.5)
 
@@ -53,7 +54,8 @@ def markdown(results: dict[str, Any], raw_path: Path | str) -> str:
         "",
         f"Run {m.get('date', '?')} — machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
         f"{m.get('memory_gib', '?')} GiB, Linux {m.get('kernel', '?')}; Python {m.get('python', '?')}, "
-        f"{m.get('openssl', '?')}; {m.get('haproxy', '?')}; {m.get('nginx', '?')}; {m.get('wrk', '?')}. "
+        f"{m.get('openssl', '?')}; {m.get('haproxy', '?')}; {m.get('nginx', '?')}; {m.get('wrk', '?')}; "
+        f"{m.get('h2load', '?')}. "
         f"Commit: {m.get('git', '?')}.",
         "",
         f"Settings: wrk 1 thread, {s.get('connections')} connections, {s.get('seconds')} s per run, "
