@@ -418,10 +418,14 @@ class HTTPSListener:
         context = state.tls.context_for(row)
 
         def make(transport: asyncio.BaseTransport) -> ConnectionInfo:
+            ssl_object = transport.get_extra_info("ssl_object")
             cert = None
             if row is not None and row.client_auth is not None:
-                cert = client_cert_from_ssl(transport.get_extra_info("ssl_object"))
-            return ConnectionInfo("https", client_addr, server_port, sni, row, cert)
+                cert = client_cert_from_ssl(ssl_object)
+            # The app factory serves HTTP/2 when the handshake picked it (ALPN offers h2 per row: tls.py).
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            return ConnectionInfo("https", client_addr, server_port, sni, row, cert,
+                                  "h2" if alpn == "h2" else "http/1.1")
 
         try:
             transport, _ = await self._loop.connect_accepted_socket(

@@ -12,8 +12,10 @@ only its TLS session: when its SNI row changed, it is closed at the next request
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dataplane import pem
@@ -31,8 +33,10 @@ from dataplane.edge import (
 )
 from dataplane.gc_pause import gc_paused
 from dataplane.http.connection import HTTPProtocol
+from dataplane.http.info import ConnectionInfo
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import HTTPTable, TableRef, build_http_table
+from dataplane.http2.guard import H2Limits
 from dataplane.limits import LimitRegistry, Whitelist, parse_whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
@@ -71,6 +75,21 @@ class DataPlaneConfig:
     max_connections: int = 0  # client connections open at once in this process (0: no cap; dataplane/limits.py)
     max_connections_per_ip: int = 0  # the same per client IP (0: no cap)
     max_handshakes_per_second: float = 0.0  # full TLS handshakes begun a second, HTTPS listener (0: no cap)
+    http2: bool = True  # ALPN offers h2 on terminated hosts (those with http2 False never); False: HTTP/1.1 only
+    # HTTP/2 client connections (dataplane/http2/guard.py); flat, so the config crosses to worker processes as is
+    h2_max_concurrent_streams: int = 128
+    h2_max_resets_per_second: int = 200
+    h2_max_continuation_frames: int = 32
+    h2_max_settings_per_second: int = 50
+    h2_max_pings_per_second: int = 50
+    h2_max_empty_frames_per_second: int = 100
+    h2_max_window_updates_per_second: int = 1000
+
+    def h2_limits(self) -> H2Limits:
+        return H2Limits(self.h2_max_concurrent_streams, self.h2_max_resets_per_second,
+                        self.h2_max_continuation_frames, self.h2_max_settings_per_second,
+                        self.h2_max_pings_per_second, self.h2_max_empty_frames_per_second,
+                        self.h2_max_window_updates_per_second)
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,12 @@ class DataPlane:
             upgrade_idle_timeout=config.upgrade_idle_timeout,
             max_body_size=config.max_body_size,
             max_headers=config.max_headers,
+            h2=config.h2_limits(),
         )
+        # The HTTP/2 engine, when this data plane serves h2 (the handshake then offers it); a test's app
+        # replaces both engines and is told the protocol in ConnectionInfo.protocol.
+        self._h2 = _h2_server() if config.http2 and app is None else None
+        self._offer_h2 = config.http2 and (app is not None or self._h2 is not None)
         # Every HTTP connection reads the current table through this one ref; _swap repoints it.
         self._table_ref = TableRef(build_http_table(Snapshot(), None, self.metrics, self._http_settings))
         self._ready = False
@@ -266,7 +290,8 @@ class DataPlane:
             seen.add(key)
         if errors:
             return errors
-        tls, tls_errors = build_tls_table(snapshot, self.fallback, previous.edge.tls if previous else None)
+        tls, tls_errors = build_tls_table(snapshot, self.fallback, previous.edge.tls if previous else None,
+                                          self._offer_h2)
         if tls is None:
             return tls_errors
         http_table = self._build_http(snapshot, previous.http_table if previous else None)
@@ -294,15 +319,24 @@ class DataPlane:
             return self._app_override
         ref, metrics = self._table_ref, self.metrics
         alog = self.access_log if self.access_log.enabled else None
-        return lambda info: HTTPProtocol(ref, info, metrics, alog)
+        h2 = self._h2
+        if h2 is None:
+            return lambda info: HTTPProtocol(ref, info, metrics, alog)
+
+        def app(info: ConnectionInfo) -> asyncio.Protocol:
+            if info.protocol == "h2":  # the TLS handshake selected h2 (edge.py)
+                return h2(ref, info, metrics, alog)
+            return HTTPProtocol(ref, info, metrics, alog)
+        return app
 
     def _close_changed_idle(self) -> None:
         """Idle keep-alive connections whose SNI row changed close now rather than at their next request."""
         for transport in list(self.tracker.transports):
             get_protocol = getattr(transport, "get_protocol", None)
             proto = get_protocol() if callable(get_protocol) and not transport.is_closing() else None
-            if isinstance(proto, HTTPProtocol):
-                proto.table_swapped()
+            swapped = getattr(proto, "table_swapped", None)  # HTTPProtocol and H2ServerProtocol
+            if callable(swapped):
+                swapped()
 
     def _report_certificates(self, snapshot: Snapshot) -> None:
         self.metrics.report_certificates(snapshot, self.fallback)
@@ -347,3 +381,20 @@ class DataPlane:
     @property
     def tls_table(self) -> TLSTable:
         return self._applied.edge.tls
+
+
+H2Factory = Callable[[TableRef, ConnectionInfo, Metrics, AccessLog | None], asyncio.Protocol]
+
+
+def _h2_server() -> H2Factory | None:
+    """``dataplane.http2.server.H2ServerProtocol``, imported when a data plane is built (it pulls in h2).
+
+    None when it does not load: ALPN then offers HTTP/1.1 only, loudly, rather than promising h2 to clients
+    and failing every connection that takes it."""
+    try:
+        module = importlib.import_module("dataplane.http2.server")
+        factory: H2Factory = module.H2ServerProtocol
+    except Exception:
+        log.exception("HTTP/2 server does not load: offering HTTP/1.1 only")
+        return None
+    return factory

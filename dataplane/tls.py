@@ -31,7 +31,9 @@ from dataplane.snapshot import CABundle, Certificate, ClientAuth, Snapshot, TLSH
 
 log = logging.getLogger(__name__)
 
-ALPN_PROTOCOLS = ["http/1.1"]
+# ALPN: h2 first where the row allows it (TLSHost.http2), so HTTP/2 clients multiplex; HTTP/1.1 always.
+ALPN_H2 = ["h2", "http/1.1"]
+ALPN_HTTP11 = ["http/1.1"]
 # Mozilla "intermediate": forward secrecy and AEAD only for TLS 1.2 (TLS 1.3 suites are all good).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
 FALLBACK_NAME = "Portcullis Fallback Certificate"
@@ -76,6 +78,7 @@ class ContextKey:
     ciphers: str = ""
     prefer_server_ciphers: bool = True
     accept_any_client_cert: bool = False
+    http2: bool = True  # ALPN offers h2 (two rows differing only here need two contexts)
 
 
 def accepts_any_client_cert(client_auth: ClientAuth | None) -> bool:
@@ -90,7 +93,7 @@ def accepts_any_client_cert(client_auth: ClientAuth | None) -> bool:
 
 def server_context(
     certificate: Certificate, min_version: TLSVersion = "1.2", client_auth: ClientAuth | None = None,
-    client_ca: CABundle | None = None, ciphers: str = "", prefer_server_ciphers: bool = True,
+    client_ca: CABundle | None = None, ciphers: str = "", prefer_server_ciphers: bool = True, http2: bool = True,
 ) -> ssl.SSLContext:
     """A hardened server context; raises ``ssl.SSLError`` when the PEM or the cipher list does not load."""
     accept_any = client_ca is not None and accepts_any_client_cert(client_auth)
@@ -98,7 +101,7 @@ def server_context(
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(ciphers or TLS12_CIPHERS)
-    ctx.set_alpn_protocols(ALPN_PROTOCOLS)
+    ctx.set_alpn_protocols(ALPN_H2 if http2 else ALPN_HTTP11)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET
     if prefer_server_ciphers:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -139,9 +142,12 @@ class TLSTable:
 
 
 def build_tls_table(
-    snapshot: Snapshot, fallback: Certificate, previous: TLSTable | None = None
+    snapshot: Snapshot, fallback: Certificate, previous: TLSTable | None = None, offer_h2: bool = True,
 ) -> tuple[TLSTable | None, list[str]]:
-    """Build every context the snapshot needs, reusing ``previous``'s by content; (None, errors) on failure."""
+    """Build every context the snapshot needs, reusing ``previous``'s by content; (None, errors) on failure.
+
+    ``offer_h2``: whether this data plane serves HTTP/2 at all; a row then offers h2 unless its ``http2`` is
+    False, and the default certificate's context (unknown SNI, no SNI) offers it too."""
     old = previous.contexts if previous is not None else {}
     contexts: dict[ContextKey, ssl.SSLContext] = {}
     errors: list[str] = []
@@ -150,19 +156,19 @@ def build_tls_table(
     default_cert = certs.get(snapshot.default_certificate_id or "", fallback)
 
     def context(cert: Certificate, min_version: TLSVersion, auth: ClientAuth | None, ciphers: str = "",
-                prefer: bool = True) -> ssl.SSLContext | None:
+                prefer: bool = True, http2: bool = offer_h2) -> ssl.SSLContext | None:
         ca = cas.get(auth.ca_id) if auth is not None else None
         key = ContextKey(
             content_id(cert.cert_pem, cert.key_pem), min_version,
             content_id(ca.pem, ca.crl_pem) if ca is not None else None,
             auth.mode if auth is not None else None,
             auth.verify_depth if auth is not None else 1,
-            ciphers, prefer, accepts_any_client_cert(auth),
+            ciphers, prefer, accepts_any_client_cert(auth), http2,
         )
         found = contexts.get(key) or old.get(key)
         if found is None:
             try:
-                found = server_context(cert, min_version, auth, ca, ciphers, prefer)
+                found = server_context(cert, min_version, auth, ca, ciphers, prefer, http2)
             except (ssl.SSLError, ValueError, OSError) as exc:
                 reasons = pem.check_key_pair(cert.cert_pem, cert.key_pem) or [f"cannot load into OpenSSL ({exc})"]
                 errors.extend(f"certificate {cert.id}: {reason}" for reason in reasons)
@@ -179,7 +185,7 @@ def build_tls_table(
             errors.append(f"TLS host {row.host!r}: client CA {row.client_auth.ca_id} is not in the snapshot")
             continue
         ctx = context(certs.get(row.certificate_id or "", default_cert), row.min_version, row.client_auth,
-                      row.ciphers, row.prefer_server_ciphers)
+                      row.ciphers, row.prefer_server_ciphers, offer_h2 and row.http2)
         if ctx is not None:
             host_contexts[row.host] = ctx
     if errors or default_context is None:

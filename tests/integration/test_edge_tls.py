@@ -10,6 +10,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -43,7 +44,7 @@ class ReportingEcho(asyncio.Protocol):
         report = {"scheme": a.scheme, "sni": a.sni, "row": a.tls_host.host if a.tls_host else None,
                   "client": a.client_cert.subject_dn if a.client_cert else None,
                   "issuer": a.client_cert.issuer_dn if a.client_cert else None,
-                  "client_addr": list(a.client_addr), "server_port": a.server_port}
+                  "client_addr": list(a.client_addr), "server_port": a.server_port, "protocol": a.protocol}
         transport.write(json.dumps(report).encode() + b"\n")
 
     def data_received(self, data: bytes) -> None:
@@ -106,13 +107,26 @@ async def test_verified_handshake_and_what_the_app_is_told(edge: DataPlane, ca: 
     writer.close()
 
 
-async def test_alpn_http11_offered(edge: DataPlane, ca: CA) -> None:
+async def test_alpn_h2_by_default_and_http11_where_a_host_opts_out(edge: DataPlane, ca: CA) -> None:
+    """A terminate row offers h2 then http/1.1 (the app is told "h2"); one with http2 False only http/1.1."""
     snap, _ = snapshot_with_hosts(ca)
-    edge.apply(snap)
-    _, writer, _ = await open_tls(edge.https_port, "web.example.com",
-                                  client_context(ca.cert_pem, alpn=["h2", "http/1.1"]))
-    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
-    writer.close()
+    old = certificate(ca.issue("old.example.com"), "old.example.com")
+    snap = replace(snap, certificates=(*snap.certificates, old), tls_hosts=(
+        *snap.tls_hosts, replace(terminate_host("old.example.com", old), http2=False))).canonical()
+    assert edge.apply(snap) == []
+    for name, offer, selected, protocol in [
+        ("web.example.com", ["h2", "http/1.1"], "h2", "h2"),
+        ("web.example.com", ["http/1.1"], "http/1.1", "http/1.1"),
+        ("x.apps.example.com", ["h2"], "h2", "h2"),
+        ("unknown.example.org", ["h2", "http/1.1"], "h2", "h2"),  # the default certificate offers h2 too
+        ("old.example.com", ["h2", "http/1.1"], "http/1.1", "http/1.1"),
+    ]:
+        ctx = client_context(ca.cert_pem, alpn=offer)
+        ctx.check_hostname = name != "unknown.example.org"
+        _, writer, report = await open_tls(edge.https_port, name, ctx)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == selected, name
+        assert report["protocol"] == protocol, name
+        writer.close()
 
 
 async def test_fallback_certificate_without_default(edge: DataPlane, ca: CA) -> None:
