@@ -34,7 +34,7 @@ FORMATS: tuple[AccessLogFormat, ...] = ("off", "json", "text")
 HTTP_FIELDS = (
     "time", "client_addr", "client_port", "sni", "tls_version", "tls_cipher", "tls_resumed", "host", "method",
     "path", "http_version", "status", "bytes_in", "bytes_out", "duration", "upstream", "upstream_connect_time",
-    "upstream_response_time", "mode", "request_id", "namespace", "ingress", "client_subject",
+    "upstream_response_time", "mode", "request_id", "namespace", "ingress", "client_subject", "protocol",
 )
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 # Client-controlled text (host, path, SNI, subject) is cut to MAX_FIELD characters, and to fewer when escaping
@@ -116,13 +116,14 @@ def normalise(rec: Sequence[Any]) -> tuple[Any, ...]:
     out = list(rec)
     for i in (7, 8, 15, 19):  # host, method, upstream, request_id
         out[i] = _str(out[i])
-    out[10] = _version(out[10])
+    # An HTTP/2 stream reaches the engine as an HTTP/1.1 exchange: the client's version is the protocol's.
+    out[10] = "HTTP/2.0" if out[23] in ("h2", "grpc") else _version(out[10])
     return tuple(out)
 
 
 def format_json(rec: Sequence[Any], clock: _Clock) -> str:
     (t, addr, port, sni, tls_version, cipher, resumed, host, method, path, version, status, bytes_in, bytes_out,
-     duration, upstream, connect_t, response_t, mode, rid, namespace, ingress, subject) = rec
+     duration, upstream, connect_t, response_t, mode, rid, namespace, ingress, subject, protocol) = rec
     resumed_text = "null" if resumed is None else ("true" if resumed else "false")
     return (
         f'{{"time":"{clock.iso(t)}","client_addr":{_q(addr)},"client_port":{port:d},"sni":{_q(sni)},'
@@ -131,7 +132,8 @@ def format_json(rec: Sequence[Any], clock: _Clock) -> str:
         f'"status":{status:d},"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},"duration":{_ms(duration)},'
         f'"upstream":{_q(upstream)},"upstream_connect_time":{_ms(connect_t)},'
         f'"upstream_response_time":{_ms(response_t)},"mode":"{mode}","request_id":{_q(rid)},'
-        f'"namespace":{_q(namespace)},"ingress":{_q(ingress)},"client_subject":{_q(subject)}}}\n'
+        f'"namespace":{_q(namespace)},"ingress":{_q(ingress)},"client_subject":{_q(subject)},'
+        f'"protocol":{_q(protocol)}}}\n'
     )
 
 
@@ -154,7 +156,7 @@ def format_text(rec: Sequence[Any], clock: _Clock) -> str:
     """``combined``'s first part (``$remote_addr - - [$time_local] "$request" $status $bytes_sent``), then
     ``key=value`` pairs for what combined lacks (no referer or user agent: header values are not logged)."""
     (t, addr, port, sni, tls_version, cipher, resumed, host, method, path, version, status, bytes_in, bytes_out,
-     duration, upstream, connect_t, response_t, mode, rid, namespace, ingress, subject) = rec
+     duration, upstream, connect_t, response_t, mode, rid, namespace, ingress, subject, protocol) = rec
     request = f"{_t(method)} {_t(path)} {version}" if method else "-"
     tls = f"{tls_version}/{cipher}/{'r' if resumed else 'f'}" if tls_version else "-"
     source = f"{namespace}/{ingress}" if ingress else "-"
@@ -162,7 +164,7 @@ def format_text(rec: Sequence[Any], clock: _Clock) -> str:
         f'{_t(addr)} - - [{clock.local(t)}] "{request}" {status} {bytes_out} host="{_t(host)}" '
         f"port={port} in={bytes_in} rt={_ms(duration)} upstream={_t(upstream)} uct={_ms(connect_t)} "
         f'urt={_ms(response_t)} mode={mode} id={_t(rid)} ingress={_t(source)} sni="{_t(sni)}" tls={_t(tls)} '
-        f'subject="{_t(subject)}"\n'
+        f'subject="{_t(subject)}" proto={_t(protocol)}\n'
     )
 
 

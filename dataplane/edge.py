@@ -383,7 +383,7 @@ class HTTPSListener:
         def on_close(endpoint: Endpoint | None, sent: int, received: int, connect: float) -> None:
             alog.add((time.time(), client_addr[0], client_addr[1], sni, None, None, None, sni, None, None, None,
                       200 if endpoint is not None else 502, sent, received, loop.time() - begun, endpoint,
-                      connect, -1.0, "passthrough", b"", namespace, name, None))
+                      connect, -1.0, "passthrough", b"", namespace, name, None, None))
         return on_close
 
     async def _passthrough(self, request: passthrough.PassthroughRequest, lease: Lease) -> None:

@@ -49,7 +49,8 @@ class Metrics:
             "connect_failed)", ["result"], registry=r,
         )
         self.requests = Counter(
-            p + "http_requests", "Proxied HTTP requests by host and status class", ["host", "code_class"], registry=r
+            p + "http_requests", "Proxied HTTP requests by host, status class and client protocol (http/1.1, h2, "
+            "grpc)", ["host", "code_class", "protocol"], registry=r
         )
         self.request_duration = Histogram(
             p + "http_request_duration_seconds", "Time to the response head from the backend", ["host"], registry=r,
@@ -99,6 +100,17 @@ class Metrics:
         )
         self.access_log_lines = Counter(
             p + "access_log_lines", "Access-log lines written to stdout", registry=r,
+        )
+        self.h2_connections_total = Counter(
+            p + "h2_connections", "Client connections that negotiated HTTP/2 (ALPN h2)", registry=r,
+        )
+        self.h2_streams_open = Gauge(
+            p + "h2_streams_open", "HTTP/2 client streams open now", registry=r, multiprocess_mode="livesum",
+        )
+        self.h2_violations = Counter(
+            p + "h2_violations", "HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM, by flood: "
+            "rapid_reset, continuation, settings_flood, ping_flood, empty_frames, window_update_flood",
+            ["reason"], registry=r,
         )
         self.access_log_dropped_lines = Counter(
             p + "access_log_dropped_lines", "Access-log lines dropped because stdout did not keep up (or is gone)",

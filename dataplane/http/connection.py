@@ -510,7 +510,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._resp_started = True
             self._last_in = self._last_out = now = self._now()
             self._arm(now + self._settings.upgrade_idle_timeout)
-            self._table.count(self._label, status)
+            self._table.count(self._label, status, self._info.protocol)
             conn = self._conn
             if conn is not None and self._buf:
                 conn.write(bytes(self._buf))
@@ -524,7 +524,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._framing = framing
         # Held back until the first body piece (or the end of this read) so head and body share one write.
         self._pending = client_response_head(resp, framing, keep, req.version, self._hsts)
-        self._table.count(self._label, status)
+        self._table.count(self._label, status, self._info.protocol)
         self._table.observe(self._label, self._now() - self._started)
 
     def upstream_body(self, data: bytes) -> None:
@@ -636,7 +636,7 @@ class HTTPProtocol(asyncio.Protocol):
             if req is None:  # a head that did not parse: nothing of an earlier exchange applies
                 self._exchange_started()
             self._log(status, req)
-        self._table.count(self._label if req is not None else NO_HOST_LABEL, status)
+        self._table.count(self._label if req is not None else NO_HOST_LABEL, status, self._info.protocol)
         if status >= 500:
             log.debug("proxy error", extra={"status": status, "reason": message, "host": self._label})
         if close and req is not None and not self._req_done:
@@ -689,7 +689,7 @@ class HTTPProtocol(asyncio.Protocol):
             "http" if not self._https else (
                 "reencrypt" if upstream is not None and upstream.spec.tls is not None else "offload"),
             self._rid if req is not None else b"", source[0], source[1],
-            cert.subject_dn if cert is not None and cert.verified else None,
+            cert.subject_dn if cert is not None and cert.verified else None, info.protocol,
         ))
 
     def _enter_idle(self, timeout: float) -> None:

@@ -152,7 +152,7 @@ class HTTPTable:
         self._vhosts = HostTable(vhosts.items(), allow_default=True)
         self._tls_hosts = HostTable(tls_hosts.items())  # matched as the edge's SNI table (tls.TLSTable)
         self.match_cn = match_cn_patterns(tls_hosts)
-        self._counters: dict[tuple[str, int], Any] = {}
+        self._counters: dict[tuple[str, int, str], Any] = {}
         self._histograms: dict[str, Any] = {}
         self._port_suffix = b"" if settings.https_redirect_port == 443 else b":%d" % settings.https_redirect_port
 
@@ -186,11 +186,11 @@ class HTTPTable:
 
     # --- metrics (children cached: label lookups take a lock and a dict walk) ---------------
 
-    def count(self, label: str, status: int) -> None:
-        key = (label, status // 100)
+    def count(self, label: str, status: int, protocol: str = "http/1.1") -> None:
+        key = (label, status // 100, protocol)
         child = self._counters.get(key)
         if child is None:
-            child = self._counters[key] = self.metrics.requests.labels(label, f"{key[1]}xx")
+            child = self._counters[key] = self.metrics.requests.labels(label, f"{key[1]}xx", protocol)
         child.inc()
 
     def observe(self, label: str, seconds: float) -> None:

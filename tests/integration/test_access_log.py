@@ -48,7 +48,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "path": STR + NULL, "http_version": STR + NULL, "status": INT, "bytes_in": INT, "bytes_out": INT,
     "duration": NUM, "upstream": STR + NULL, "upstream_connect_time": NUM + NULL,
     "upstream_response_time": NUM + NULL, "mode": STR, "request_id": STR + NULL, "namespace": STR + NULL,
-    "ingress": STR + NULL, "client_subject": STR + NULL,
+    "ingress": STR + NULL, "client_subject": STR + NULL, "protocol": STR + NULL,
 }
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -206,6 +206,7 @@ async def test_one_json_line_per_request_and_per_passthrough_connection(
             "http_version": "HTTP/1.1", "status": 200, "bytes_in": 0, "bytes_out": 0, "duration": 0,
             "upstream": f"127.0.0.1:{plain.port}", "upstream_connect_time": 0, "upstream_response_time": 0,
             "mode": "http", "request_id": "", "namespace": "demo", "ingress": "loud", "client_subject": None,
+            "protocol": "http/1.1",
         }
         assert plain_rec["client_port"] > 0 and len(plain_rec["request_id"]) == 32
         assert plain_rec["bytes_in"] > 60 and plain_rec["bytes_out"] > 100
@@ -230,7 +231,7 @@ async def test_one_json_line_per_request_and_per_passthrough_connection(
         tunnel = by_host["direct.example.com"]
         assert (tunnel["mode"], tunnel["status"], tunnel["upstream"], tunnel["namespace"], tunnel["ingress"]) == \
             ("passthrough", 200, f"127.0.0.1:{direct.port}", "demo", "direct")
-        assert tunnel["method"] is None and tunnel["tls_version"] is None
+        assert tunnel["method"] is None and tunnel["tls_version"] is None and tunnel["protocol"] is None
         assert tunnel["bytes_in"] > 200 and tunnel["bytes_out"] > 200  # handshakes both ways, then the echo
         assert r.metrics.registry.get_sample_value("portcullis_access_log_lines_total") == 5
 
@@ -262,7 +263,7 @@ async def test_text_format_is_nginx_combined_like(
                          rf'{status} (\d+) host="http\.example\.com" port=\d+ in=\d+ rt=\d+\.\d{{3}} '
                          r'upstream=127\.0\.0\.1:\d+ uct=\d+\.\d{3} urt=\d+\.\d{3} mode=http id=[0-9a-f]{32} '
                          r'ingress=demo/loud sni="-" '
-                         r'tls=- subject="-"$', line)
+                         r'tls=- subject="-" proto=http/1\.1$', line)
         assert match, line
         assert '"' not in match.group(2) and "\n" not in match.group(2) and "q=1" not in match.group(2)
         assert int(match.group(3)) > 100  # bytes sent: head and body

@@ -145,7 +145,8 @@ async def test_two_workers_both_serve_a_push_and_the_metrics_are_their_sum(
         assert sum(spread.values()) == 200
         # every counter is the pod's: the sum over the workers of what each served
         assert sample(text, 'portcullis_connections_total{listener="http",mode="plain"}') == 200, text
-        assert sample(text, 'portcullis_http_requests_total{code_class="2xx",host="a.test"}') == 200
+        assert sample(text, 'portcullis_http_requests_total{code_class="2xx",host="a.test",protocol="http/1.1"}') \
+            == 200
         assert sample(text, 'portcullis_snapshot_applies_total{result="applied"}') == 1  # one push, one apply
         assert sample(text, "portcullis_snapshot_generation") == 1
 

@@ -40,6 +40,7 @@ def record(**changes: Any) -> tuple[Any, ...]:
         "bytes_in": 80, "bytes_out": 1234, "duration": 0.0123, "upstream": Endpoint("10.0.0.9", 8080),
         "upstream_connect_time": 0.001, "upstream_response_time": 0.01, "mode": "offload",
         "request_id": b"0" * 32, "namespace": "demo", "ingress": "web", "client_subject": None,
+        "protocol": "http/1.1",
     }
     base.update(changes)
     return tuple(base[name] for name in HTTP_FIELDS)
@@ -55,7 +56,21 @@ def test_json_line_has_every_field_with_its_value() -> None:
         "status": 200, "bytes_in": 80, "bytes_out": 1234, "duration": 0.012, "upstream": "10.0.0.9:8080",
         "upstream_connect_time": 0.001, "upstream_response_time": 0.01, "mode": "offload",
         "request_id": "0" * 32, "namespace": "demo", "ingress": "web", "client_subject": None,
+        "protocol": "http/1.1",
     }
+
+
+def test_protocol_field_and_the_clients_http_version() -> None:
+    """An h2 stream is an HTTP/1.1 exchange inside the engine; the log shows what the client spoke."""
+    for protocol in ("h2", "grpc"):
+        rec = normalise(record(protocol=protocol))
+        parsed = json.loads(format_json(rec, _Clock()))
+        assert (parsed["protocol"], parsed["http_version"]) == (protocol, "HTTP/2.0")
+        text = format_text(rec, _Clock())
+        assert '"GET /x HTTP/2.0" 200' in text and text.endswith(f" proto={protocol}\n")
+    passthrough = normalise(record(protocol=None, method=None, http_version=None))
+    assert json.loads(format_json(passthrough, _Clock()))["protocol"] is None
+    assert format_text(passthrough, _Clock()).endswith(" proto=-\n")
 
 
 def test_hostile_bytes_stay_inside_their_field() -> None:
