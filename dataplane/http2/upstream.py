@@ -109,6 +109,21 @@ def response_head(fields: list[tuple[bytes, bytes]]) -> ResponseHead:
     return ResponseHead(11, status, REASONS.get(status, b"Unknown"), headers, length, False, False, frozenset())
 
 
+_GRPC_TRAILERS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
+
+
+def split_trailers_only(fields: list[tuple[bytes, bytes]]) -> tuple[ResponseHead, list[tuple[bytes, bytes]]]:
+    """A gRPC "trailers-only" response (one HEADERS frame with END_STREAM carrying ``grpc-status``) as a
+    head and trailers: HTTP/1.1, the engine's internal form, has no trailers-only response, but an empty
+    chunked body with trailers means the same and reaches an HTTP/2 client as HEADERS + trailing HEADERS
+    (which every gRPC client accepts). No ``grpc-status``: no trailers, the head as it is."""
+    if not any(name == b"grpc-status" for name, _ in fields):
+        return response_head(fields), []
+    trailers = [(n, v) for n, v in fields if n in _GRPC_TRAILERS]
+    head = response_head([(n, v) for n, v in fields if n not in _GRPC_TRAILERS and n != b"content-length"])
+    return head, trailers
+
+
 # --- one pool --------------------------------------------------------------------------------
 
 
@@ -301,7 +316,7 @@ class H2BackendConnection(asyncio.Protocol):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         elif isinstance(event, ResponseReceived):
             if stream is not None:
-                stream.on_head(event.headers or [])
+                stream.on_head(event.headers or [], event.stream_ended is not None)
                 touched.append(stream)
         elif isinstance(event, TrailersReceived):
             if stream is not None:
@@ -533,11 +548,19 @@ class H2Stream:
         self._last_read = self.loop.time()
         self.got_bytes = True
 
-    def on_head(self, fields: list[tuple[bytes, bytes]]) -> None:
+    def on_head(self, fields: list[tuple[bytes, bytes]], ends_stream: bool = False) -> None:
         self.touch()
         sink = self.sink
-        if sink is not None:
-            sink.upstream_head(response_head(fields))
+        if sink is None:
+            return
+        if ends_stream and not self._head_request:
+            head, trailers = split_trailers_only(fields)
+            if trailers:
+                sink.upstream_head(head)
+                if self.sink is not None:
+                    sink.upstream_trailers(trailers)
+                return
+        sink.upstream_head(response_head(fields))
 
     def on_data(self, data: bytes, flow: int) -> None:
         self.touch()

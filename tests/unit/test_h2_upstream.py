@@ -223,6 +223,19 @@ async def test_response_trailers_reach_an_http11_client_as_chunked_trailers(h2ri
     assert out.endswith(b"7\r\npayload\r\n0\r\ngrpc-status: 5\r\ngrpc-message: not found\r\n\r\n"), out
 
 
+async def test_a_trailers_only_grpc_answer_becomes_an_empty_chunked_body_with_trailers(h2rig: H2Rig) -> None:
+    proto, client = h2rig.client()
+    proto.data_received(b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi")
+    sid, _ = request(h2rig.pump())
+    h2rig.server.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                    (b"grpc-status", b"5"), (b"grpc-message", b"gone")], end_stream=True)
+    h2rig.pump()
+    out = client.take()
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"content-type: application/grpc" in head and b"grpc-status" not in head
+    assert body == b"0\r\ngrpc-status: 5\r\ngrpc-message: gone\r\n\r\n", out
+
+
 async def test_a_reset_stream_is_a_502_and_the_connection_stays_usable(h2rig: H2Rig) -> None:
     proto, client = h2rig.client()
     proto.data_received(b"GET /r HTTP/1.1\r\nHost: app.test\r\n\r\n")
