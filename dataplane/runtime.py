@@ -367,6 +367,11 @@ class DataPlane:
         self._https.stop_accepting()
         self._http.stop_accepting()
         self.tracker.close_pending()
+        for transport in list(self.tracker.transports):  # HTTP/2: GOAWAY, open streams finish (server.py)
+            get_protocol = getattr(transport, "get_protocol", None)
+            drain = getattr(get_protocol(), "drain", None) if callable(get_protocol) else None
+            if callable(drain) and not transport.is_closing():
+                drain()
         deadline = time.monotonic() + timeout
         while self.tracker.live and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
