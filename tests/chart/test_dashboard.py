@@ -42,7 +42,7 @@ def test_every_queried_series_and_label_exists() -> None:
     assert len(series) > 10
     used: set[str] = set()
     for expr in expressions():
-        names = re.findall(r"\b(portcullis_[a-z_]+)", expr)
+        names = re.findall(r"\b(portcullis_[a-z0-9_]+)", expr)
         assert names, expr
         for name in names:
             assert name in series, f"{name} is not exported by dataplane/metrics.py ({expr})"
