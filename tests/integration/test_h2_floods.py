@@ -195,7 +195,8 @@ def test_flood_gets_enhance_your_calm_and_others_are_served(plane: Plane, mode: 
     results, during, after = flood_while_serving(plane, mode)
     counted = violations(plane, reason) - before
     lines = [r.line() for r in results]
-    print(f"\n{mode}: {len(results)} flood connections in {FLOOD_WINDOW} s (each reconnecting); first: {lines[0] if lines else '-'}; "
+    print(f"\n{mode}: {len(results)} flood connections in {FLOOD_WINDOW} s (each reconnecting); "
+          f"first: {lines[0] if lines else '-'}; "
           f"violations counted {counted:.0f}; curl during: {len(during)} requests {sorted(set(during))}; "
           f"after: {after}")
     assert results, "no flood ran"
