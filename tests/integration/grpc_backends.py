@@ -49,12 +49,23 @@ async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise AssertionError("abort returns by raising")
 
 
-async def _sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await asyncio.sleep(float(request))
-    return b"woke"
+@dataclass
+class Calls:
+    """What the backend saw: ``cancelled`` counts Sleep calls cancelled under it (the client's deadline
+    passed and the cancel, RST_STREAM, travelled through the proxy to the backend)."""
+
+    cancelled: int = 0
 
 
-def _handlers() -> grpc.GenericRpcHandler:
+def _handlers(calls: Calls) -> grpc.GenericRpcHandler:
+    async def _sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            await asyncio.sleep(float(request))
+        except asyncio.CancelledError:
+            calls.cancelled += 1
+            raise
+        return b"woke"
+
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
@@ -68,6 +79,7 @@ def _handlers() -> grpc.GenericRpcHandler:
 class GRPCBackend:
     server: grpc.aio.Server
     port: int
+    calls: Calls
 
     @property
     def endpoint(self) -> Endpoint:
@@ -80,7 +92,8 @@ class GRPCBackend:
 async def start_grpc(tls: Issued | None = None) -> GRPCBackend:
     """A grpcio server on 127.0.0.1 (an ephemeral port): plaintext (h2c), or TLS with ``tls``'s certificate."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handlers(),))
+    calls = Calls()
+    server.add_generic_rpc_handlers((_handlers(calls),))
     if tls is None:
         port = server.add_insecure_port(f"{LOCAL}:0")
     else:
@@ -88,4 +101,4 @@ async def start_grpc(tls: Issued | None = None) -> GRPCBackend:
         port = server.add_secure_port(f"{LOCAL}:0", creds)
     assert port, "grpcio could not bind a port"
     await server.start()
-    return GRPCBackend(server, port)
+    return GRPCBackend(server, port, calls)

@@ -98,6 +98,11 @@ async def test_unary_streaming_bidi_status_and_deadline_through_offload(
             await ch.unary_unary(method("Sleep"))(b"5", timeout=0.5)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert asyncio.get_running_loop().time() - started < 3
+        for _ in range(300):  # the cancel reaches the backend as RST_STREAM: its handler is cancelled
+            if backend.calls.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.calls.cancelled == 1
         assert await unary(b"still fine", timeout=10) == b"still fine"  # the connections survived it
 
 

@@ -399,3 +399,24 @@ async def test_the_read_timeout_is_a_504() -> None:
     assert sink.lost == (504, "read_timeout")
     assert any(isinstance(e, StreamReset) for e in rig.pump())
     rig.conn.close()
+
+
+async def test_a_get_lost_to_goaway_is_retried_on_a_fresh_connection(h2rig: H2Rig) -> None:
+    first, _ = h2rig.client()
+    second, client = h2rig.client()
+    first.data_received(b"GET /1 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    second.data_received(b"GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    events = h2rig.pump()
+    sids = sorted(e.stream_id for e in events if isinstance(e, RequestReceived) and e.stream_id is not None)
+    h2rig.server.close_connection(last_stream_id=sids[0])
+    h2rig.pump()
+    # The retry connects anew (to EP, where nothing listens): the answer is that connect's error, not the
+    # GOAWAY's, and the connect was really attempted.
+    for _ in range(200):
+        if client.writes:
+            break
+        await asyncio.sleep(0.01)
+    out = client.take()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"went away" not in out, out
+    assert h2rig.metrics.registry.get_sample_value(
+        "portcullis_upstream_failures_total", {"pool": "p", "reason": "connect_refused"}) == 1
