@@ -197,7 +197,7 @@ async def test_unknown_sni_gets_a_certificate_and_metrics_move(local: Local) -> 
     reader, writer = await asyncio.open_connection("127.0.0.1", local.admin)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     text = (await asyncio.wait_for(reader.read(), 5)).decode()
-    assert 'portcullis_http_requests_total{code_class="2xx",host="edge.portcullis.test",protocol="http/1.1"}' \
+    assert 'portcullis_http_requests_total{code_class="2xx",host="edge.portcullis.test",protocol="h2"}' \
         in text
     assert "portcullis_snapshot_generation 1.0" in text
 
