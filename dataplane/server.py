@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port in insecure-policy redirect locations (443: omitted)")
     add("--max-headers", type=int, default=_default("max-headers", 100, int),
         help="request header lines allowed per request (431 beyond)")
+    add("--http2", default=_default("http2", "true"), choices=["true", "false"],
+        help="offer h2 in ALPN on terminated hosts (those with portcullis.io/http2: \"false\" never do); false: "
+             "HTTP/1.1 only. The plain HTTP port speaks HTTP/1.1 only (no h2c upgrade or prior knowledge)")
+    for flag, default, what in H2_FLAGS:
+        add("--" + flag, type=int, default=_default(flag, default, int), help=what)
     add("--workers", type=int, default=_default("workers", 1, int),
         help="serving processes per pod, each with its own event loop and SO_REUSEPORT listeners, behind one "
              "admin API in a supervising process (1: one process serves all)")
@@ -108,6 +113,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "or off); never blocks serving: lines stdout cannot take are dropped and counted")
     add("--log-level", default=_default("log-level", "info"), choices=["debug", "info", "warning", "error"])
     add("--log-format", default=_default("log-format", "json"), choices=["json", "text"])
+
+
+# HTTP/2 limits per client connection (dataplane/http2/guard.py): flag, default, help. A rate beyond its limit
+# ends the connection with GOAWAY ENHANCE_YOUR_CALM, counted in portcullis_h2_violations_total{reason}.
+H2_FLAGS = (
+    ("h2-max-concurrent-streams", 128, "HTTP/2 streams a client may have open at once per connection"),
+    ("h2-max-resets-per-second", 200, "client RST_STREAM frames a second per connection (rapid reset, "
+                                      "CVE-2023-44487)"),
+    ("h2-max-continuation-frames", 32, "CONTINUATION frames in one header block (CVE-2024-27316; the block's "
+                                       "bytes are bounded by the request header limit, 32 KiB)"),
+    ("h2-max-settings-per-second", 50, "SETTINGS frames a second per connection"),
+    ("h2-max-pings-per-second", 50, "PING frames a second per connection"),
+    ("h2-max-empty-frames-per-second", 100, "frames without payload (DATA without END_STREAM, HEADERS, "
+                                            "CONTINUATION) a second per connection"),
+    ("h2-max-window-updates-per-second", 1000, "WINDOW_UPDATE frames a second per connection"),
+)
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -143,6 +164,10 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
                          "--max-connections-per-ip 0 or a count")
     if not args.max_handshakes_per_second >= 0:  # also refuses NaN
         raise SystemExit("--max-handshakes-per-second must be 0 (no cap) or a positive rate")
+    h2 = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in H2_FLAGS}
+    for name, value in h2.items():
+        if value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     return DataPlaneConfig(
         bind=args.bind,
         https_port=args.https_port,
@@ -165,6 +190,8 @@ def config_from_args(args: argparse.Namespace) -> DataPlaneConfig:
         max_connections=default_max_connections() if args.max_connections == -1 else args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         max_handshakes_per_second=args.max_handshakes_per_second,
+        http2=args.http2 == "true",
+        **h2,
     )
 
 

@@ -6,6 +6,7 @@ negotiates, not what a list says.
 
 from __future__ import annotations
 
+import argparse
 import ssl
 from dataclasses import replace
 
@@ -13,8 +14,10 @@ import pytest
 
 from dataplane.http.connection import HTTPProtocol
 from dataplane.http.info import ConnectionInfo
+from dataplane.http2.guard import H2Limits
 from dataplane.http2.server import H2ServerProtocol
 from dataplane.runtime import DataPlane, DataPlaneConfig
+from dataplane.server import add_arguments, config_from_args
 from dataplane.snapshot import Certificate, Snapshot, TLSHost, content_id
 from dataplane.tls import build_tls_table, generate_fallback_certificate, server_context
 from tests.pki import CA
@@ -119,3 +122,25 @@ def test_h2_limits_from_config() -> None:
     limits = cfg.h2_limits()
     assert (limits.max_resets_per_second, limits.max_concurrent_streams) == (7, 3)
     assert limits.max_pings_per_second == 50
+
+
+def cli_config(*argv: str) -> DataPlaneConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_cli_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = cli_config()
+    assert default.http2 and default.h2_limits() == H2Limits()
+    cfg = cli_config("--http2", "false", "--h2-max-resets-per-second", "20", "--h2-max-continuation-frames", "4",
+                     "--h2-max-concurrent-streams", "10", "--h2-max-pings-per-second", "5",
+                     "--h2-max-settings-per-second", "6", "--h2-max-empty-frames-per-second", "7",
+                     "--h2-max-window-updates-per-second", "8")
+    assert not cfg.http2
+    assert cfg.h2_limits() == H2Limits(10, 20, 4, 6, 5, 7, 8)
+    monkeypatch.setenv("PORTCULLIS_H2_MAX_RESETS_PER_SECOND", "99")  # as the chart sets flags
+    assert cli_config().h2_max_resets_per_second == 99
+    for bad in (("--h2-max-resets-per-second", "0"), ("--http2", "maybe"), ("--h2-max-pings-per-second", "x")):
+        with pytest.raises(SystemExit):
+            cli_config(*bad)
