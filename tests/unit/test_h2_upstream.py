@@ -420,3 +420,20 @@ async def test_a_get_lost_to_goaway_is_retried_on_a_fresh_connection(h2rig: H2Ri
     assert out.startswith(b"HTTP/1.1 502 ") and b"went away" not in out, out
     assert h2rig.metrics.registry.get_sample_value(
         "portcullis_upstream_failures_total", {"pool": "p", "reason": "connect_refused"}) == 1
+
+
+async def test_live_connections_carry_over_to_the_next_table_while_tls_and_protocol_stay(h2rig: H2Rig) -> None:
+    from dataplane.http.upstream import Upstream
+
+    stream, _ = started(h2rig)  # a stream in flight moves along with its connection
+    changed = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", EP, protocol="h2", read_timeout=5.0)])
+    table = build_http_table(changed, h2rig.table, h2rig.metrics, HTTPSettings())
+    up = table.upstreams["p"]
+    assert isinstance(up, H2Upstream) and up is not h2rig.upstream
+    spare = up.take_idle(EP)
+    assert h2rig.conn.upstream is up and spare is not None and not h2rig.upstream.take_idle(EP)
+    spare.close()
+    http1 = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", EP, read_timeout=5.0)])
+    plain = build_http_table(http1, table, h2rig.metrics, HTTPSettings()).upstreams["p"]
+    assert isinstance(plain, Upstream) and plain.take_idle(EP) is None  # an h2 connection is no HTTP/1.1 one
+    stream.abort()
