@@ -29,11 +29,29 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9113 8.2.1: NUL, CR and LF are never valid in a value; other controls (but HTAB) are not either (RFC 9110 5.5).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A valid value in one match (the per-field hot path): visible bytes at both ends, SP and HTAB allowed inside.
+_VALUE = re.compile(rb"(?:[!-~\x80-\xff](?:[\t -~\x80-\xff]*[!-~\x80-\xff])?)?")
+# HPACK's static-table names (RFC 7541 appendix A) and other common ones: valid tokens, no regex needed.
+_KNOWN_NAMES = frozenset({
+    b"accept-charset", b"accept-encoding", b"accept-language", b"accept-ranges", b"accept",
+    b"access-control-allow-origin", b"age", b"allow", b"authorization", b"cache-control", b"content-disposition",
+    b"content-encoding", b"content-language", b"content-length", b"content-location", b"content-range",
+    b"content-type", b"cookie", b"date", b"etag", b"expect", b"expires", b"from", b"host", b"if-match",
+    b"if-modified-since", b"if-none-match", b"if-range", b"if-unmodified-since", b"last-modified", b"link",
+    b"location", b"max-forwards", b"proxy-authenticate", b"proxy-authorization", b"range", b"referer", b"refresh",
+    b"retry-after", b"server", b"set-cookie", b"strict-transport-security", b"transfer-encoding", b"user-agent",
+    b"vary", b"via", b"www-authenticate", b"te", b"origin", b"priority", b"dnt", b"upgrade-insecure-requests",
+    b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-dest", b"sec-fetch-user", b"sec-ch-ua", b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform", b"x-requested-with", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
+    b"x-forwarded-for", b"x-request-id", b"traceparent", b"tracestate",
+})
 # :path and :authority end up in the request line and Host: no whitespace or controls at all.
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+# Regular names the loop looks at; every other valid field is copied as it is.
+_SPECIAL = _CONNECTION_SPECIFIC | {b"te", b"cookie", b"host", b"content-length", b"content-type", b"grpc-timeout"}
 _GRPC_TIMEOUT = re.compile(rb"([0-9]{1,8})([HMSmun])")
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # gRPC's doc/http-grpc-status-mapping.md (413 is not in it: RESOURCE_EXHAUSTED is what the limit means).
@@ -104,12 +122,15 @@ def translate_request(fields: Sequence[tuple[bytes, bytes]], end_stream: bool) -
                 authority = value
             continue
         regular = True
-        if _NAME.fullmatch(name) is None:
+        if name not in _KNOWN_NAMES and _NAME.fullmatch(name) is None:
             return Refusal(400, "invalid header field name")
-        if _BAD_VALUE.search(value) is not None:
-            return Refusal(400, "invalid character in a header field value")
-        if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+        if _VALUE.fullmatch(value) is None:
+            if _BAD_VALUE.search(value) is not None:
+                return Refusal(400, "invalid character in a header field value")
             return Refusal(400, "whitespace around a header field value")
+        if name not in _SPECIAL:
+            lines += (name, b": ", value, CRLF)
+            continue
         if name in _CONNECTION_SPECIFIC:
             return Refusal(400, f"connection-specific header field {name.decode()} in HTTP/2")
         if name == b"te":

@@ -264,3 +264,17 @@ def test_invalid_grpc_timeout(value: bytes) -> None:
 def test_grpc_timeout_total(value: bytes) -> None:
     result = parse_grpc_timeout(value)
     assert result is None or 0 <= result <= 99999999 * 3600
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.binary(max_size=10) | st.sampled_from([b" ", b"\t", b"a b", b"a\tb", b"\xff", b"a\x7f", b"\x00"]),
+       name=st.sampled_from([b"x-custom", b"accept", b"user-agent"]))
+def test_value_rule_is_rfc9113(value: bytes, name: bytes) -> None:
+    """A field value is accepted exactly when it has no NUL/CR/LF/other control but HTAB, and no SP or HTAB at
+    either end (RFC 9113 8.2.1, RFC 9110 5.5), whether the name is a well-known one or not."""
+    valid = not any((b < 0x20 and b != 0x09) or b == 0x7F for b in value) and value[:1] not in (b" ", b"\t") \
+        and value[-1:] not in (b" ", b"\t")
+    result = translate_request([*BASE, (name, value)], True)
+    assert isinstance(result, H2Request) == valid, result
+    if valid:
+        assert name + b": " + value + b"\r\n" in result.head  # type: ignore[union-attr]
