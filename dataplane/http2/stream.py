@@ -92,16 +92,22 @@ class StreamTransport:
             self.reset(ErrorCodes.INTERNAL_ERROR)
             return
         grpc_error = self._grpc_error
+        if body.done:  # known before the last piece goes: END_STREAM rides on its DATA frame
+            self.state = DONE
+            if isinstance(body, ChunkedReader) and body.trailers:
+                self._trailers = body.trailers
+        out = self.out
         for piece in pieces:
             if grpc_error is not None:
                 message = grpc_error[1]
                 message += piece[:_GRPC_MESSAGE_BYTES - len(message)]
             elif piece:
-                self._send(piece)
-        if body.done:
-            if isinstance(body, ChunkedReader) and body.trailers:
-                self._trailers = body.trailers
+                out.append(piece)
+                self.out_size += len(piece)
+        if self.state == DONE:
             self._complete()
+        elif out:
+            self._push()
 
     def writelines(self, data: list[bytes]) -> None:
         for piece in data:
@@ -297,9 +303,8 @@ class StreamTransport:
         else:
             self.server.kick()
 
-    def _send(self, piece: bytes) -> None:
-        self.out.append(piece)
-        self.out_size += len(piece)
+    def _push(self) -> None:
+        """Send what the windows admit now; beyond the high-water mark the engine stops reading its backend."""
         if not self.server.write_paused:
             self.flush()
             self.server.kick()
@@ -319,9 +324,7 @@ class StreamTransport:
                 self.h2.send_headers(self.sid, grpc_trailers_only(status, text), end_stream=True)
             self._sent()
             return
-        if not self.server.write_paused:
-            self.flush()
-            self.server.kick()
+        self._push()
 
     def _sent(self) -> None:
         """END_STREAM is out; a request the client is still sending is refused the rest (RST_STREAM NO_ERROR)."""
