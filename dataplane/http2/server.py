@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -277,6 +277,8 @@ class H2ServerProtocol(asyncio.Protocol):
         st = StreamTransport(self, self.h2, sid, head_request, grpc, ended)
         self._streams[sid] = st
         self._metrics.h2_streams_open.inc()
+        if self._loop is not None:  # a client that then accepts none of our bytes is found by this
+            self._arm(self._loop.time() + self._settings.client_send_timeout)
         return st
 
     def _on_data(self, event: DataReceived) -> None:
@@ -320,7 +322,10 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.error_code == ErrorCodes.NO_ERROR and self._streams:
-            self._draining = True  # the client opens no more streams: finish these, then close
+            # The client opens no more streams; those it opened are answered (RFC 9113 6.8). h2 closes its state
+            # machine at any GOAWAY and would refuse to send their responses: it is reopened for them.
+            self.h2.state_machine.state = ConnectionState.SERVER_OPEN
+            self._draining = True
             self._last_sid = self.h2.highest_inbound_stream_id
             return
         self._close()

@@ -1,0 +1,124 @@
+"""``H2ServerProtocol``'s connection-level behaviour: snapshot swaps, stalled clients, GOAWAY in both
+directions, HEAD and bodiless answers, garbage instead of a preface. Same rig as ``test_h2_stream.py``
+(an h2 client as the peer, fake transports, real ``UpstreamConnection`` backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from h2.errors import ErrorCodes
+from h2.events import DataReceived, ResponseReceived, StreamEnded
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame
+
+from dataplane.http.connection import ConnectionInfo
+from dataplane.http.settings import HTTPSettings
+from dataplane.http.table import TableRef, build_http_table
+from dataplane.http2.server import H2ServerProtocol
+from dataplane.metrics import Metrics
+from dataplane.snapshot import TLSHost
+from tests.integration.http_fixtures import pool, snapshot, vhost
+from tests.unit.test_h2_stream import EP, OK, Wire, make_rig
+
+
+async def test_head_and_204_end_the_stream_with_the_headers() -> None:
+    rig = await make_rig()
+    b = rig.backend()
+    head = rig.get("/h", method=b"HEAD")
+    b.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+    empty = rig.get("/e")  # the same backend connection, back in the pool
+    assert b"GET /e " in b.request()
+    b.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    rig.from_server()
+    for sid, status in ((head, b"200"), (empty, b"204")):
+        assert rig.status(sid) == status and rig.of(sid, StreamEnded) and not rig.of(sid, DataReceived)
+    (resp,) = rig.of(head, ResponseReceived)
+    assert (b"content-length", b"5000") in resp.headers
+
+
+def frames(data: bytes) -> list[Frame]:
+    out = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        out.append(frame)
+        data = data[9 + length:]
+    return out
+
+
+async def test_new_stream_after_drain_is_refused() -> None:
+    rig = await make_rig()
+    b = rig.backend()
+    first = rig.get("/a")
+    rig.server.drain()
+    late = rig.client.get_next_available_stream_id()  # sent before the client read the GOAWAY
+    rig.client.send_headers(late, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"app.test"),
+                                   (b":path", b"/late")], end_stream=True)
+    rig.server.data_received(rig.client.data_to_send())
+    sent = frames(rig.wire.take())
+    goaway = [f for f in sent if isinstance(f, GoAwayFrame)]
+    assert [(g.last_stream_id, g.error_code) for g in goaway] == [(first, 0)]
+    refused = [f for f in sent if isinstance(f, RstStreamFrame)]
+    assert [(f.stream_id, f.error_code) for f in refused] == [(late, ErrorCodes.REFUSED_STREAM)]
+    assert b.request() and not rig.wire.closed
+    b.respond(OK)
+    sent = frames(rig.wire.take())
+    assert b"".join(f.data for f in sent if isinstance(f, DataFrame)) == b"hello"
+    assert rig.wire.closed  # the last open stream is done: the close
+
+
+async def test_snapshot_changing_the_tls_row_drains_and_an_unchanged_one_does_not() -> None:
+    row = TLSHost("app.test", "terminate")
+    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"), tls=True)], [pool("p", EP)], tls_hosts=(row,))
+    metrics = Metrics()
+    ref = TableRef(build_http_table(snap, None, metrics, HTTPSettings()))
+    server = H2ServerProtocol(ref, ConnectionInfo("https", sni="app.test", tls_host=ref.table.tls_row("app.test")),
+                              metrics)
+    wire = Wire()
+    server.connection_made(wire)  # type: ignore[arg-type]
+    ref.table = build_http_table(snap, ref.table, metrics, HTTPSettings())  # same row again
+    server.table_swapped()
+    assert not server._draining
+    changed = snapshot([vhost("app.test", ("/", "Prefix", "p"), tls=True)], [pool("p", EP)],
+                       tls_hosts=(replace(row, min_version="1.3"),))
+    ref.table = build_http_table(changed, ref.table, metrics, HTTPSettings())
+    server.table_swapped()
+    assert server._draining and wire.closed  # no open stream: GOAWAY, then the close
+    assert b"\x07" in b"".join(wire.writes)  # a GOAWAY frame (type 7) was written
+
+
+async def test_client_goaway_finishes_open_streams_then_closes() -> None:
+    rig = await make_rig()
+    b = rig.backend()
+    sid = rig.get("/a")
+    rig.client.close_connection()
+    rig.server.data_received(rig.client.data_to_send())
+    assert not rig.wire.closed
+    b.respond(OK)
+    sent = frames(rig.wire.take())
+    assert [(f.stream_id, f.data) for f in sent if isinstance(f, DataFrame)] == [(sid, b"hello")]
+    assert rig.wire.closed
+
+
+async def test_client_that_accepts_nothing_is_aborted_after_client_send_timeout() -> None:
+    rig = await make_rig(replace(HTTPSettings(), client_send_timeout=0.1), window=10)
+    b = rig.backend()
+    rig.get("/stuck")
+    b.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
+    rig.from_server()
+    for _ in range(100):
+        if rig.wire.aborted:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.wire.aborted
+    assert rig.metrics.http_timeouts.labels("client_send")._value.get() == 1
+
+
+async def test_garbage_instead_of_a_preface_is_a_connection_error() -> None:
+    metrics = Metrics()
+    server = H2ServerProtocol(TableRef(build_http_table(snapshot([], []), None, metrics, HTTPSettings())),
+                              ConnectionInfo("https"), metrics)
+    wire = Wire()
+    server.connection_made(wire)  # type: ignore[arg-type]
+    server.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wire.closed
