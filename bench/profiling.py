@@ -24,7 +24,7 @@ from bench import loadgen, peers
 from bench.peers import HOSTS
 
 SCENARIOS = (("passthrough", "1k"), ("passthrough", "close"), ("offload", "1k"), ("reencrypt", "1k"),
-             ("offload", "100k"), ("offload", "handshake"))
+             ("offload", "100k"), ("offload", "handshake"), ("offload", "h2-1k"))
 SYSCALL_POINTS = (("passthrough", "1k"), ("offload", "1k"), ("reencrypt", "1k"), ("passthrough", "close"),
                   ("offload", "handshake"))
 CACHE = Path.home() / ".cache" / "portcullis-bench"
