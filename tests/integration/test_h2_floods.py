@@ -34,7 +34,7 @@ HOST = "flood.test"
 FLOOD_BOUND = 2.0  # seconds from a flood's first frame to the server's GOAWAY or close
 FLOOD_WINDOW = 2.0  # seconds the attacker keeps flooding (reconnecting after each GOAWAY) while curl is served
 RSS_GROWTH_BOUND = 30 * 1024 * 1024  # bytes the data plane may grow between 10k warm-up and 100k more streams
-STREAMS = 100_000  # ~30 s on the 2-core dev box (the data plane is the bottleneck, ~3,300 streams/s): bound 90 s
+STREAMS = 100_000  # 20-30 s on the 2-core dev box (the data plane is the bottleneck, ~4,800 streams/s): bound 90 s
 WARMUP = 10_000
 
 # A tiny HTTP/1.1 backend in its own process (so neither the attacker's nor the data plane's CPU slows it): every
