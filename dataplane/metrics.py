@@ -109,7 +109,7 @@ class Metrics:
         )
         self.h2_violations = Counter(
             p + "h2_violations", "HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM, by flood: "
-            "rapid_reset, continuation, settings_flood, ping_flood, empty_frames, window_update_flood",
+            "rapid_reset, continuation, settings_flood, ping_flood, empty_frames, window_update_flood, priority_flood",
             ["reason"], registry=r,
         )
         self.access_log_dropped_lines = Counter(

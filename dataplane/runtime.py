@@ -84,12 +84,13 @@ class DataPlaneConfig:
     h2_max_pings_per_second: int = 50
     h2_max_empty_frames_per_second: int = 100
     h2_max_window_updates_per_second: int = 1000
+    h2_max_priority_per_second: int = 100
 
     def h2_limits(self) -> H2Limits:
         return H2Limits(self.h2_max_concurrent_streams, self.h2_max_resets_per_second,
                         self.h2_max_continuation_frames, self.h2_max_settings_per_second,
                         self.h2_max_pings_per_second, self.h2_max_empty_frames_per_second,
-                        self.h2_max_window_updates_per_second)
+                        self.h2_max_window_updates_per_second, self.h2_max_priority_per_second)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from dataplane.access_log import FORMATS as ACCESS_LOG_FORMATS
 from dataplane.admin import AdminConfigError
 from dataplane.http.parser import PARSER_IMPLEMENTATION
+from dataplane.http2.guard import CEILING_FACTOR, PER_FRAME_ALLOWANCE
 from dataplane.limits import default_max_connections
 from dataplane.runtime import DataPlane, DataPlaneConfig
 
@@ -115,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--log-format", default=_default("log-format", "json"), choices=["json", "text"])
 
 
+_PER_FRAME = (f", plus {PER_FRAME_ALLOWANCE} per HEADERS or DATA frame from the client that second (at most "
+              f"{CEILING_FACTOR} times this)")
 # HTTP/2 limits per client connection (dataplane/http2/guard.py): flag, default, help. A rate beyond its limit
 # ends the connection with GOAWAY ENHANCE_YOUR_CALM, counted in portcullis_h2_violations_total{reason}.
 H2_FLAGS = (
@@ -127,7 +130,8 @@ H2_FLAGS = (
     ("h2-max-pings-per-second", 50, "PING frames a second per connection"),
     ("h2-max-empty-frames-per-second", 100, "frames without payload (DATA without END_STREAM, HEADERS, "
                                             "CONTINUATION) a second per connection"),
-    ("h2-max-window-updates-per-second", 1000, "WINDOW_UPDATE frames a second per connection"),
+    ("h2-max-window-updates-per-second", 1000, "WINDOW_UPDATE frames a second per connection" + _PER_FRAME),
+    ("h2-max-priority-per-second", 100, "PRIORITY frames a second per connection (CVE-2019-9513)" + _PER_FRAME),
 )
 
 

@@ -1,17 +1,25 @@
 """The HTTP/2 flood guard: a sans-IO pre-scan of a client's frames, before the h2 library sees them.
 
-The known HTTP/2 denial-of-service attacks are all cheap frames that cost the server more than the client:
-streams opened and reset at once (rapid reset, CVE-2023-44487), a header block that never ends
-(CONTINUATION flood, CVE-2024-27316: h2 buffers up to 64 CONTINUATION frames and does not bound the bytes
-before it decodes), SETTINGS and PING frames that each force an ACK, frames that carry nothing (empty DATA,
-HEADERS or CONTINUATION: CVE-2019-9518) and WINDOW_UPDATE floods. Each needs a count per connection and a
-threshold, which h2 does not keep; so the connection hands every byte from the client to ``FrameGuard.feed``
-first and, on a violation, sends GOAWAY ENHANCE_YOUR_CALM and closes without giving that data to h2.
+The known HTTP/2 denial-of-service attacks are all cheap frames that cost the server more than the client: streams
+opened and reset at once (rapid reset, CVE-2023-44487), a header block that never ends (CONTINUATION flood,
+CVE-2024-27316: h2 buffers up to 64 CONTINUATION frames and does not bound the bytes before it decodes), SETTINGS
+and PING frames that each force an ACK, frames that carry nothing (empty DATA, HEADERS or CONTINUATION:
+CVE-2019-9518), PRIORITY floods (CVE-2019-9513) and WINDOW_UPDATE floods. Each needs a count per connection and a
+threshold, which h2 does not keep; so the connection hands every byte from the client to ``FrameGuard.feed`` first
+and, on a violation, sends GOAWAY ENHANCE_YOUR_CALM and closes without giving that data to h2.
 
 Reading frame headers only (9 bytes each, RFC 9113 4.1) keeps the cost one small step per frame whatever the
 payload size; payloads are skipped, never copied. Rates are counted in one-second windows (a fixed window may
 let up to twice a limit through across a window edge: the limits are far above honest traffic and far below
 what an attack needs). The guard decides nothing about validity: h2 still checks every frame it is given.
+
+WINDOW_UPDATE and PRIORITY are counted relative to the client's own requests, because honest clients send them
+in proportion to their traffic: grpcio answers every message with WINDOW_UPDATEs (about two per unary call, so a
+flat 1,000 a second ended a channel doing 700 calls a second). Envoy bounds them by the DATA frames it *sent*; the
+guard sees only inbound frames, so each HEADERS or DATA frame from the client in the window allows
+``PER_FRAME_ALLOWANCE`` more of each, on top of the flag's base rate (what a connection may send with no requests
+at all, e.g. while it downloads), and never more than ``CEILING_FACTOR`` times that base. A flood of either alone
+trips at the base rate; a flood hidden among requests is bounded by the requests' own (larger) cost.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from dataclasses import dataclass
 PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": h2 checks its bytes, the guard only skips it
 FRAME_HEADER = 9
 # Frame types (RFC 9113 6) and flags the guard looks at.
-DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 5, 6, 8, 9
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING = 0, 1, 2, 3, 4, 5, 6
+WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM = 0x1
 ACK = 0x1
 END_HEADERS = 0x4
@@ -33,7 +42,11 @@ SETTINGS_FLOOD = "settings_flood"
 PING_FLOOD = "ping_flood"
 EMPTY_FRAMES = "empty_frames"
 WINDOW_UPDATE_FLOOD = "window_update_flood"
-VIOLATIONS = (RAPID_RESET, CONTINUATION_FLOOD, SETTINGS_FLOOD, PING_FLOOD, EMPTY_FRAMES, WINDOW_UPDATE_FLOOD)
+PRIORITY_FLOOD = "priority_flood"
+VIOLATIONS = (RAPID_RESET, CONTINUATION_FLOOD, SETTINGS_FLOOD, PING_FLOOD, EMPTY_FRAMES, WINDOW_UPDATE_FLOOD,
+              PRIORITY_FLOOD)
+PER_FRAME_ALLOWANCE = 10  # WINDOW_UPDATE and PRIORITY frames allowed per client HEADERS/DATA frame (Envoy: 10)
+CEILING_FACTOR = 20  # ... but never more than this many times the base rate a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +59,17 @@ class H2Limits:
     max_settings_per_second: int = 50  # SETTINGS frames that need an ACK
     max_pings_per_second: int = 50  # PING frames that need an ACK
     max_empty_frames_per_second: int = 100  # DATA without payload or END_STREAM, HEADERS/CONTINUATION without payload
-    max_window_updates_per_second: int = 1000
+    max_window_updates_per_second: int = 1000  # base rate, plus PER_FRAME_ALLOWANCE per HEADERS/DATA frame
+    max_priority_per_second: int = 100  # PRIORITY frames (CVE-2019-9513): base rate, as for WINDOW_UPDATE
 
 
 class FrameGuard:
     """One client connection's frame scanner (see the module docstring). ``feed`` returns a violation name
     (sticky: every later call returns it too) or None."""
 
-    __slots__ = ("_block_bytes", "_block_frames", "_empty", "_header", "_limits", "_max_block",
-                 "_pings", "_preface", "_resets", "_settings", "_skip", "_updates", "_window", "violation")
+    __slots__ = ("_block_bytes", "_block_frames", "_empty", "_header", "_limits", "_max_block", "_pings",
+                 "_preface", "_priorities", "_requests", "_resets", "_settings", "_skip", "_updates", "_window",
+                 "violation")
 
     def __init__(self, limits: H2Limits, max_header_bytes: int) -> None:
         self._limits = limits
@@ -66,6 +81,7 @@ class FrameGuard:
         self._block_frames = 0
         self._window = float("-inf")
         self._resets = self._settings = self._pings = self._empty = self._updates = 0
+        self._priorities = self._requests = 0  # _requests: HEADERS and DATA frames, the allowance's basis
         self.violation: str | None = None
 
     def feed(self, data: bytes, now: float) -> str | None:
@@ -75,6 +91,7 @@ class FrameGuard:
         if now - self._window >= 1.0:
             self._window = now
             self._resets = self._settings = self._pings = self._empty = self._updates = 0
+            self._priorities = self._requests = 0
         i = 0
         n = len(data)
         if self._preface:
@@ -110,12 +127,14 @@ class FrameGuard:
         self._skip = length
         limits = self._limits
         if kind == DATA:
+            self._requests += 1
             if not length and not flags & END_STREAM:
                 self._empty += 1
                 if self._empty > limits.max_empty_frames_per_second:
                     return EMPTY_FRAMES
             return None
         if kind in (HEADERS, PUSH_PROMISE):
+            self._requests += 1
             self._block_bytes = length  # a header block starts (its CONTINUATIONs add to it)
             self._block_frames = 0
             if length > self._max_block:
@@ -153,5 +172,20 @@ class FrameGuard:
             return None
         if kind == WINDOW_UPDATE:
             self._updates += 1
-            return WINDOW_UPDATE_FLOOD if self._updates > limits.max_window_updates_per_second else None
+            if self._updates > limits.max_window_updates_per_second and self._updates > _allowed(
+                    limits.max_window_updates_per_second, self._requests):
+                return WINDOW_UPDATE_FLOOD
+            return None
+        if kind == PRIORITY:
+            self._priorities += 1
+            if self._priorities > limits.max_priority_per_second and self._priorities > _allowed(
+                    limits.max_priority_per_second, self._requests):
+                return PRIORITY_FLOOD
+            return None
         return None
+
+
+def _allowed(base: int, requests: int) -> int:
+    """WINDOW_UPDATE or PRIORITY frames allowed in a window with ``requests`` HEADERS/DATA frames from the client
+    (the module docstring says why)."""
+    return min(base + PER_FRAME_ALLOWANCE * requests, CEILING_FACTOR * base)

@@ -139,3 +139,54 @@ async def test_a_pool_without_endpoints_is_unavailable(plane: DataPlane, pki: di
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await ch.unary_unary(method("Unary"))(b"x", timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+
+BUSY_CALLS = 2000  # unary calls on one channel, as fast as the client can (grpcio: ~2 WINDOW_UPDATEs per call)
+BUSY_IN_FLIGHT = 64
+
+
+@pytest.mark.parametrize("base", [1000, 250])  # the default, and one any box's call rate goes past
+async def test_a_busy_channel_is_not_taken_for_a_window_update_flood(
+    backend: GRPCBackend, pki: dict[str, CA], monkeypatch: pytest.MonkeyPatch, base: int
+) -> None:
+    """grpcio sends WINDOW_UPDATEs for every response it reads: a flat 1,000 a second ended a channel doing 700
+    calls a second with GOAWAY ENHANCE_YOUR_CALM. Now each request frame earns an allowance (guard.py), so
+    2,000 calls on one connection pass with no violation and no second connection (grpcio retries calls a
+    GOAWAY refused on a new connection, so "all calls OK" alone would not show it). The spy records the checks
+    made once the client went past the base rate in a second, where a flat limit would have ended it: with a
+    base of 250 that happens at any call rate above ~125 a second, so the allowance is surely exercised."""
+    import dataplane.http2.guard as guard
+
+    beyond_base: list[int] = []
+    allowed = guard._allowed
+
+    def spy(limit: int, requests: int) -> int:
+        beyond_base.append(requests)
+        return allowed(limit, requests)
+
+    monkeypatch.setattr(guard, "_allowed", spy)
+    async with running_dataplane(drain_timeout=0.5, h2_max_window_updates_per_second=base) as plane:
+        assert plane.apply(grpc_snapshot(pki, backend.endpoint)) == []
+        registry = plane.metrics.registry
+        async with channel(plane, pki) as ch:
+            unary = ch.unary_unary(method("Unary"))
+            gate = asyncio.Semaphore(BUSY_IN_FLIGHT)
+
+            async def call(i: int) -> bytes:
+                async with gate:
+                    return bytes(await unary(b"call-%d" % i, timeout=30))
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answers = await asyncio.gather(*(call(i) for i in range(BUSY_CALLS)))
+            elapsed = loop.time() - started
+        assert answers == [b"call-%d" % i for i in range(BUSY_CALLS)]
+        print(f"\nbase {base}: {BUSY_CALLS} unary calls in {elapsed:.2f} s = {BUSY_CALLS / elapsed:,.0f}/s on one "
+              f"channel; WINDOW_UPDATEs past the base rate: {len(beyond_base)}")
+        violations = [(s.labels, s.value) for f in registry.collect() if f.name == "portcullis_h2_violations"
+                      for s in f.samples if s.name.endswith("_total") and s.value]
+        assert violations == []
+        assert registry.get_sample_value("portcullis_h2_connections_total") == 1
+    if base < 1000:
+        assert beyond_base, "the client never went past the base rate: the test proved nothing"

@@ -1,8 +1,9 @@
 """HTTP/2 floods (issue 13) against a real ``portcullis dataplane`` process serving one offload host over a small
-HTTP/1.1 backend process: rapid reset (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316), PING and SETTINGS
-floods end the attacker's connection with GOAWAY ENHANCE_YOUR_CALM (or a close) within a bound, the violation is
-counted in ``/metrics``, and a well-behaved client (curl --http2, a separate program) is served during and after;
-100,000 streams opened and closed on a few connections are all answered without the process's memory growing.
+HTTP/1.1 backend process: rapid reset (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316), PING, SETTINGS,
+WINDOW_UPDATE and PRIORITY (CVE-2019-9513) floods end the attacker's connection with GOAWAY ENHANCE_YOUR_CALM (or a
+close) within a bound, the violation is counted in ``/metrics``, and a well-behaved client (curl --http2, a separate
+program) is served during and after; 100,000 streams opened and closed on a few connections are all answered without
+the process's memory growing.
 
 The attacker is ``bench/h2flood.py`` (raw frames over TLS with ALPN h2); every flood and wait is bounded.
 """
@@ -189,7 +190,9 @@ def flood_while_serving(plane: Plane, mode: str, **kw: object) -> tuple[list[h2f
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("rapid-reset", "rapid_reset"), ("continuation", "continuation"),
-                                              ("ping", "ping_flood"), ("settings", "settings_flood")])
+                                              ("ping", "ping_flood"), ("settings", "settings_flood"),
+                                              ("window-update", "window_update_flood"),
+                                              ("priority", "priority_flood")])
 def test_flood_gets_enhance_your_calm_and_others_are_served(plane: Plane, mode: str, reason: str) -> None:
     before = violations(plane, reason)
     results, during, after = flood_while_serving(plane, mode)

@@ -136,11 +136,13 @@ def test_cli_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = cli_config("--http2", "false", "--h2-max-resets-per-second", "20", "--h2-max-continuation-frames", "4",
                      "--h2-max-concurrent-streams", "10", "--h2-max-pings-per-second", "5",
                      "--h2-max-settings-per-second", "6", "--h2-max-empty-frames-per-second", "7",
-                     "--h2-max-window-updates-per-second", "8")
+                     "--h2-max-window-updates-per-second", "8", "--h2-max-priority-per-second", "9")
     assert not cfg.http2
-    assert cfg.h2_limits() == H2Limits(10, 20, 4, 6, 5, 7, 8)
+    assert cfg.h2_limits() == H2Limits(10, 20, 4, 6, 5, 7, 8, 9)
     monkeypatch.setenv("PORTCULLIS_H2_MAX_RESETS_PER_SECOND", "99")  # as the chart sets flags
     assert cli_config().h2_max_resets_per_second == 99
+    monkeypatch.setenv("PORTCULLIS_H2_MAX_PRIORITY_PER_SECOND", "77")
+    assert cli_config().h2_limits().max_priority_per_second == 77
     for bad in (("--h2-max-resets-per-second", "0"), ("--http2", "maybe"), ("--h2-max-pings-per-second", "x")):
         with pytest.raises(SystemExit):
             cli_config(*bad)

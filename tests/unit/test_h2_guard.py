@@ -14,6 +14,7 @@ from hyperframe.frame import (
     Frame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -21,7 +22,7 @@ from hyperframe.frame import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.http2.guard import PREFACE_LENGTH, FrameGuard, H2Limits
+from dataplane.http2.guard import CEILING_FACTOR, PER_FRAME_ALLOWANCE, PREFACE_LENGTH, FrameGuard, H2Limits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REQUEST = [(":method", "POST"), (":scheme", "https"), (":path", "/upload"), (":authority", "example.com")]
@@ -137,6 +138,7 @@ def test_a_new_header_block_starts_a_new_count() -> None:
     (SettingsFrame(0, {SettingsFrame.INITIAL_WINDOW_SIZE: 1}), "settings_flood", "max_settings_per_second"),
     (PingFrame(0, b"abcdefgh"), "ping_flood", "max_pings_per_second"),
     (WindowUpdateFrame(0, 1), "window_update_flood", "max_window_updates_per_second"),
+    (PriorityFrame(1, depends_on=0, stream_weight=15), "priority_flood", "max_priority_per_second"),
 ])
 def test_rate_limits(frame: Frame, name: str, limit: str) -> None:
     allowed = getattr(H2Limits(), limit)
@@ -172,3 +174,45 @@ def test_large_data_frames_are_skipped_not_parsed() -> None:
     g = guard(max_pings_per_second=0)
     payload = DataFrame(1, b"\x00\x00\x00\x06\x00\x00\x00\x00\x00" * 1500).serialize()  # looks like PINGs inside
     assert g.feed(payload, 0.0) is None
+
+
+def grpc_unary_calls(calls: int, first_sid: int = 1) -> bytes:
+    """What grpcio sends per unary call on a busy channel: HEADERS, one DATA with the message and END_STREAM, and
+    WINDOW_UPDATEs for the response it received (stream and connection, here three to be generous)."""
+    out = []
+    for i in range(calls):
+        sid = first_sid + 2 * i
+        data = DataFrame(sid, b"\x00\x00\x00\x00\x05hello")
+        data.flags.add("END_STREAM")
+        out.append(frames(headers(sid), data, WindowUpdateFrame(sid, 100), WindowUpdateFrame(0, 100),
+                          WindowUpdateFrame(0, 100)))
+    return b"".join(out)
+
+
+def test_window_updates_that_follow_requests_pass() -> None:
+    """3,000 calls in one second: 9,000 WINDOW_UPDATEs, far beyond the base 1,000, each backed by requests."""
+    g = guard()
+    assert g.feed(grpc_unary_calls(3000), 5.0) is None
+    assert g.feed(grpc_unary_calls(3000, 6001), 6.0) is None  # and the next second
+
+
+@pytest.mark.parametrize(("kind", "frame", "limit"), [
+    ("window_update_flood", WindowUpdateFrame(0, 1), "max_window_updates_per_second"),
+    ("priority_flood", PriorityFrame(3, depends_on=0, stream_weight=15), "max_priority_per_second"),
+])
+def test_requests_raise_the_allowance_up_to_the_ceiling(kind: str, frame: Frame, limit: str) -> None:
+    base = getattr(H2Limits(), limit)
+    one = frame.serialize()
+    g = guard()
+    assert g.feed(frames(headers(1), DataFrame(1, b"x")), 0.0) is None  # two request frames: 2 x allowance more
+    assert g.feed(one * (base + 2 * PER_FRAME_ALLOWANCE), 0.0) is None
+    assert g.feed(one, 0.0) == kind
+    # requests buy no more than the ceiling: CEILING_FACTOR x the base rate a second, however many they are
+    g = guard()
+    assert g.feed(b"".join(frames(headers(2 * i + 1)) for i in range(CEILING_FACTOR * base)), 0.0) is None
+    assert g.feed(one * (CEILING_FACTOR * base), 0.0) is None
+    assert g.feed(one, 0.0) == kind
+    # the allowance lasts the window it was earned in
+    g = guard()
+    assert g.feed(frames(headers(1)) + one * (base + PER_FRAME_ALLOWANCE), 0.0) is None
+    assert g.feed(one * (base + 1), 1.0) == kind
