@@ -313,6 +313,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if body.done:
                     if used < len(data):
                         self._reusable = False  # bytes beyond the framed body: do not trust this connection
+                    if type(body) is ChunkedReader and body.trailers:  # trailers end the body, before done
+                        sink.upstream_trailers(body.trailers)
+                        if self.sink is None:
+                            return
                     self._finish()
                 return
             if state != _UP_HEAD:
@@ -350,7 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._head_request or status in (204, 304):
                 self.state = _UP_DONE
             elif resp.chunked:
-                self._body = ChunkedReader(502)
+                self._body = ChunkedReader(502, keep_trailers=True)  # forwarded (gRPC-Web, Server-Timing...)
             elif resp.content_length > 0:
                 if len(data) == resp.content_length:
                     # The whole body came in the read with the head (small responses): no body reader.
