@@ -48,6 +48,15 @@ spec:
     - --max-connections={{ $dp.limits.maxConnections }}
     - --max-connections-per-ip={{ $dp.limits.maxConnectionsPerIP }}
     - --max-handshakes-per-second={{ $dp.limits.maxHandshakesPerSecond }}
+    - --http2={{ $dp.http2.enabled }}
+    - --h2-max-concurrent-streams={{ int64 $dp.http2.maxConcurrentStreams }}
+    - --h2-max-resets-per-second={{ int64 $dp.http2.maxResetsPerSecond }}
+    - --h2-max-continuation-frames={{ int64 $dp.http2.maxContinuationFrames }}
+    - --h2-max-settings-per-second={{ int64 $dp.http2.maxSettingsPerSecond }}
+    - --h2-max-pings-per-second={{ int64 $dp.http2.maxPingsPerSecond }}
+    - --h2-max-empty-frames-per-second={{ int64 $dp.http2.maxEmptyFramesPerSecond }}
+    - --h2-max-window-updates-per-second={{ int64 $dp.http2.maxWindowUpdatesPerSecond }}
+    - --h2-max-priority-per-second={{ int64 $dp.http2.maxPriorityPerSecond }}
     - --drain-timeout={{ $dp.drainTimeoutSeconds }}
     - --state-file=/run/portcullis/snapshot.json
     {{- range $dp.extraArgs }}
