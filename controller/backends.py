@@ -14,6 +14,9 @@ from controller.model import BackendRef, EndpointSlice, Service, ServicePort
 from dataplane.snapshot import Endpoint
 
 TLS_APP_PROTOCOLS = ("https", "tls", "kubernetes.io/wss")
+# HTTP/2 with prior knowledge, no TLS (KEP-3726's standard value; Contour and Gateway API read it the same way).
+# kubernetes.io/ws and wss are WebSocket over HTTP/1.1: they stay http1.
+H2C_APP_PROTOCOL = "kubernetes.io/h2c"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class Resolved:
     @property
     def speaks_tls(self) -> bool:
         return self.app_protocol in TLS_APP_PROTOCOLS
+
+    @property
+    def speaks_h2c(self) -> bool:
+        return self.app_protocol == H2C_APP_PROTOCOL
 
 
 class BackendIndex:

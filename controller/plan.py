@@ -128,8 +128,12 @@ def decide_mode(ingress: Ingress, settings: ann.Settings) -> PlanMode:
     return "offload" if ingress.tls else HTTP_ONLY
 
 
-def backend_wire(settings: ann.Settings) -> tuple[BackendProtocol, bool | None]:
-    """(Pool.protocol, TLS asked for: True, cleartext asked for: False, None: tls-mode decides)."""
+def backend_wire(settings: ann.Settings, speaks_h2c: bool = False) -> tuple[BackendProtocol, bool | None]:
+    """(Pool.protocol, TLS asked for: True, cleartext asked for: False, None: tls-mode decides). A Service port
+    with appProtocol kubernetes.io/h2c (``speaks_h2c``) is spoken HTTP/2 to unless a backend-protocol annotation
+    says otherwise; TLS stays tls-mode's choice (reencrypt: HTTP/2 over TLS, with a Warning)."""
+    if speaks_h2c and settings.backend_protocol is None:
+        return "h2", None
     return ann.BACKEND_WIRE[settings.backend_protocol or "http1"]
 
 
@@ -279,8 +283,14 @@ class Planner:
                               f"Service {ing.ref.namespace}/{backend.service} port {backend.port_text} has no ready "
                               "endpoints; requests get 503")
         tls = None
-        protocol, protocol_tls = backend_wire(settings) if plan.mode != "passthrough" else ("http1", None)
+        protocol, protocol_tls = backend_wire(settings, resolved.speaks_h2c) if plan.mode != "passthrough" \
+            else ("http1", None)
         upstream_tls = upstream_tls_wanted(plan.mode, settings.mode is not None, protocol_tls, resolved.speaks_tls)
+        if upstream_tls and resolved.speaks_h2c and settings.backend_protocol is None:
+            plan.problems.add(ing.ref, "Warning", "BackendProtocolMismatch", backend.field,
+                              f"Service port {backend.port_text} declares appProtocol {resolved.app_protocol} "
+                              "(cleartext) but tls-mode reencrypt asks for TLS to the backend: HTTP/2 over TLS is "
+                              "used (the secure choice)")
         if resolved.speaks_tls and not upstream_tls and plan.mode != "passthrough":
             why = "tls-mode offload" if settings.mode == "offload" else \
                 f"{settings.origin.get('backend_protocol')} {settings.backend_protocol}"

@@ -307,6 +307,76 @@ def test_other_tls_differences_keep_their_message(world: list[dict[str, Any]]) -
     assert "minimum version" in problems[0].message
 
 
+
+# --- Service appProtocol kubernetes.io/h2c ------------------------------------------------------------------
+
+
+def h2c_service(app_protocol: str = "kubernetes.io/h2c") -> list[dict[str, Any]]:
+    return [k.service("grpc", port=50051, port_name="grpc", app_protocol=app_protocol),
+            k.endpoints("grpc", "10.0.2.1", port=50051, port_name="grpc")]
+
+
+@pytest.mark.parametrize("tls_secret", ["a-tls", None])  # offload, and plain HTTP to clients
+def test_h2c_app_protocol_selects_cleartext_http2(world: list[dict[str, Any]], tls_secret: str | None) -> None:
+    snap, problems = run(k.ingress("shop", tls_secret=tls_secret, service="grpc", port=50051), *h2c_service(),
+                         *world)
+    assert problems == []
+    pool = pool_of(snap)
+    assert (pool.protocol, pool.tls) == ("h2", None)
+    assert pool.endpoints[0].port == 50051
+
+
+def test_h2c_app_protocol_and_the_annotation_share_one_pool(world: list[dict[str, Any]]) -> None:
+    snap, problems = run(
+        k.ingress("one", host="a.example.com", service="grpc", port=50051),
+        k.ingress("two", host="b.example.com", service="grpc", port=50051,
+                  annotations={P + "backend-protocol": "grpc"}),
+        *h2c_service(), *world)
+    assert problems == [] and len(snap.pools) == 1 and snap.pools[0].protocol == "h2"
+
+
+@pytest.mark.parametrize(("annotations", "protocol", "tls"), [
+    ({P + "backend-protocol": "http1"}, "http1", False),  # the annotation says otherwise: it wins, silently
+    ({P + "backend-protocol": "h2"}, "h2", True),
+    ({NGINX + "backend-protocol": "GRPCS"}, "h2", True),
+])
+def test_a_backend_protocol_annotation_wins_over_the_app_protocol(
+        world: list[dict[str, Any]], annotations: dict[str, str], protocol: str, tls: bool) -> None:
+    snap, _ = run(k.ingress("shop", tls_secret="a-tls", service="grpc", port=50051, annotations=annotations),
+                  *h2c_service(), *world)
+    pool = pool_of(snap)
+    assert (pool.protocol, pool.tls is not None) == (protocol, tls)
+
+
+def test_reencrypt_to_an_h2c_port_uses_http2_over_tls_and_says_so(world: list[dict[str, Any]]) -> None:
+    snap, problems = run(k.ingress("shop", tls_secret="a-tls", service="grpc", port=50051, annotations={
+        P + "tls-mode": "reencrypt", P + "backend-ca-secret": "cas"}), *h2c_service(), *world)
+    assert reasons(problems) == [("Warning", "BackendProtocolMismatch")]
+    assert "appProtocol kubernetes.io/h2c" in problems[0].message and problems[0].field.startswith("spec.")
+    pool = pool_of(snap)
+    assert pool.protocol == "h2" and pool.tls is not None
+
+
+@pytest.mark.parametrize(("app_protocol", "tls"), [
+    ("kubernetes.io/ws", False), ("kubernetes.io/wss", True), ("http", False), ("grpc", False), ("h2c", False),
+])
+def test_other_app_protocols_stay_http1(world: list[dict[str, Any]], app_protocol: str, tls: bool) -> None:
+    """Only the standard value selects HTTP/2: WebSocket is HTTP/1.1, and bare "grpc"/"h2c" are not standard
+    (an Ingress says grpc with portcullis.io/backend-protocol)."""
+    snap, _ = run(k.ingress("shop", tls_secret="a-tls", service="grpc", port=50051), *h2c_service(app_protocol),
+                  *world)
+    pool = pool_of(snap)
+    assert (pool.protocol, pool.tls is not None) == ("http1", tls)
+
+
+def test_passthrough_ignores_the_h2c_app_protocol(world: list[dict[str, Any]]) -> None:
+    snap, problems = run(k.ingress("shop", service="grpc", port=50051, annotations={P + "tls-mode": "passthrough"}),
+                         *h2c_service(), *world)
+    assert problems == []
+    pool = snap.pool(snap.tls_hosts[0].pool_id)
+    assert pool is not None and pool.protocol == "http1"
+
+
 # --- the decision and the docs ------------------------------------------------------------------------
 
 

@@ -111,6 +111,8 @@ _SERVICES = ("web", "secure-web", "tls-app", "nothing-ready", "missing")
 
 
 def _backends() -> list[dict[str, Any]]:
+    # No appProtocol kubernetes.io/h2c port: it selects HTTP/2 (issue 13), new behaviour the reference lacks;
+    # test_render_backend_protocol.py covers it. Every port here renders the same by both.
     return [
         k.service("web", namespace=NS), k.endpoints("web", "10.0.0.1", "10.0.0.2", namespace=NS),
         k.service("secure-web", port=443, port_name="https", app_protocol="https", namespace=NS),
