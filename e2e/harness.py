@@ -17,6 +17,7 @@ from tests.pki import Issued
 
 DATAPLANE_SERVICE = "portcullis-dataplane-admin"
 BACKEND_PORTS = {"http": (80, 8080), "https": (443, 8443), "tls": (443, 8443)}
+GRPC_PORT = 50051  # Service port and pod port of e2e/grpc_backend.py
 T = TypeVar("T")
 
 
@@ -103,6 +104,25 @@ class Edge:
             raise RigError(f"{exc}\nbackend log:\n{pod.log_tail('backend')}") from None
         self.kube.apply(selectorless_service(service, [pod.address], port, target,
                                              port_name="https" if port == 443 else "http"),
+                        namespace=self.namespace)
+        return pod
+
+    def grpc_backend(self, service: str, cert: Issued | None = None) -> NetnsPod:
+        """A netns pod running grpcio's server (e2e/grpc_backend.py: h2c, or TLS with ``cert``) and the
+        selector-less Service ``service`` (port GRPC_PORT) naming it."""
+        pod = self.pods.create(f"grpc-{service}")
+        args = ["-m", "e2e.grpc_backend", "--port", str(GRPC_PORT)]
+        if cert is not None:
+            cert_file, key_file = self.work_dir / f"{service}.crt", self.work_dir / f"{service}.key"
+            cert_file.write_text(cert.cert_pem)
+            key_file.write_text(cert.key_pem)
+            args += ["--cert-file", str(cert_file), "--key-file", str(key_file)]
+        pod.python("grpc", args)
+        try:
+            wait_tcp(pod.address, GRPC_PORT, timeout=20)
+        except RigError as exc:
+            raise RigError(f"{exc}\ngRPC backend log:\n{pod.log_tail('grpc')}") from None
+        self.kube.apply(selectorless_service(service, [pod.address], GRPC_PORT, GRPC_PORT, port_name="grpc"),
                         namespace=self.namespace)
         return pod
 

@@ -80,25 +80,27 @@ class GRPCBackend:
     server: grpc.aio.Server
     port: int
     calls: Calls
+    host: str = LOCAL
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(LOCAL, self.port)
+        return Endpoint(self.host, self.port)
 
     async def stop(self) -> None:
         await self.server.stop(grace=None)
 
 
-async def start_grpc(tls: Issued | None = None) -> GRPCBackend:
-    """A grpcio server on 127.0.0.1 (an ephemeral port): plaintext (h2c), or TLS with ``tls``'s certificate."""
+async def start_grpc(tls: Issued | None = None, host: str = LOCAL, port: int = 0) -> GRPCBackend:
+    """A grpcio server on 127.0.0.1 (an ephemeral port): plaintext (h2c), or TLS with ``tls``'s certificate.
+    ``host``/``port`` elsewhere for the e2e rig, whose EndpointSlices name pod addresses (e2e/grpc_backend.py)."""
     server = grpc.aio.server()
     calls = Calls()
     server.add_generic_rpc_handlers((_handlers(calls),))
     if tls is None:
-        port = server.add_insecure_port(f"{LOCAL}:0")
+        port = server.add_insecure_port(f"{host}:{port}")
     else:
         creds = grpc.ssl_server_credentials([(tls.key_pem.encode(), tls.chain_pem.encode())])
-        port = server.add_secure_port(f"{LOCAL}:0", creds)
+        port = server.add_secure_port(f"{host}:{port}", creds)
     assert port, "grpcio could not bind a port"
     await server.start()
-    return GRPCBackend(server, port, calls)
+    return GRPCBackend(server, port, calls, host)
