@@ -6,9 +6,10 @@ ARG PYTHON_VERSION=3.11
 # Build stage: install the project and its dependencies (wheels) into a self-contained virtual environment.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# gcc compiles the C request-head parser (dataplane/http/_headparser.c); it stays in this stage.
+# gcc compiles the C extensions (dataplane/http/_headparser.c, dataplane/http2/_session.c on libnghttp2's
+# headers); they stay in this stage.
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev libnghttp2-dev >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/portcullis
 WORKDIR /src
@@ -16,11 +17,15 @@ COPY pyproject.toml setup.py README.md ./
 COPY controller ./controller
 COPY dataplane ./dataplane
 RUN /opt/portcullis/bin/pip install --no-compile . \
- && /opt/portcullis/bin/python -c "import dataplane.http._headparser" \
+ && /opt/portcullis/bin/python -c "import dataplane.http._headparser, dataplane.http2._session" \
  && /opt/portcullis/bin/python -m compileall -q -j 0 /opt/portcullis
 
-# Runtime stage: the same slim Python, the venv, no compiler, no pip cache, no source tree.
+# Runtime stage: the same slim Python, the venv, no compiler, no pip cache, no source tree; libnghttp2-14 is
+# the shared library the HTTP/2 server session links to.
 FROM python:${PYTHON_VERSION}-slim-bookworm
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends libnghttp2-14 >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/portcullis /opt/portcullis
 ENV PATH=/opt/portcullis/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 
 .PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench clean
 
-# setup.py builds the C request-head parser; a change to it reinstalls. build-deps: a C compiler and Python headers.
-$(BIN)/portcullis: pyproject.toml setup.py dataplane/http/_headparser.c | build-deps
+# setup.py builds the C extensions; a change to one reinstalls. build-deps: a C compiler, Python and nghttp2 headers.
+$(BIN)/portcullis: pyproject.toml setup.py dataplane/http/_headparser.c dataplane/http2/_session.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

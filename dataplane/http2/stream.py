@@ -4,33 +4,28 @@ The HTTP engine speaks HTTP/1.1 only. ``H2ServerProtocol`` (``server.py``) gives
 fresh ``HTTPProtocol`` and one ``StreamTransport``: the request head (translated by ``translate.py``) and
 body go to ``HTTPProtocol.data_received``; the HTTP/1.1 response the engine writes comes back through
 ``write`` and is parsed with the engine's own framing code (``parse_response_head``, ``LengthReader``,
-``ChunkedReader`` keeping trailers) into HEADERS, DATA and trailing HEADERS on the stream, within the
-stream's and the connection's flow-control windows. Bytes a window does not admit yet wait here: that is
-``get_write_buffer_size``, and ``pause_writing``/``resume_writing`` reach the engine at the same kind of
-water marks as on a socket, so a client that never opens its window stalls the backend read, not memory.
-``pause_reading`` from the engine stops the stream's window from being reopened (the client's sending
-stalls, RFC 9113 5.2), instead of stopping a socket.
+``ChunkedReader`` keeping trailers) into the response HEADERS, body bytes and trailing HEADERS, handed to
+the connection's nghttp2 session (``_session.c``). The session buffers a stream's body and sends what the
+stream's and the connection's windows admit; its unsent bytes are ``get_write_buffer_size``, and
+``pause_writing``/``resume_writing`` reach the engine at the same kind of water marks as on a socket, so a
+client that never opens its window stalls the backend read, not memory. ``pause_reading`` from the engine
+stops the stream's window from being reopened (the client's sending stalls, RFC 9113 5.2) instead of
+stopping a socket; the connection window is credited at once, so one paused upload never starves the rest.
 
 Nothing here owns a timer: the engine has its own, the connection one for everything else.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections import deque
 from typing import TYPE_CHECKING, Any
-
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError
 
 from dataplane.http.framing import LAST_CHUNK, BodyReader, ChunkedReader, LengthReader, ParseError, UntilCloseReader
 from dataplane.http.parser import ResponseHead, parse_response_head
 from dataplane.http2.translate import grpc_trailers_only, response_fields
 
 if TYPE_CHECKING:
-    from h2.connection import H2Connection
-
     from dataplane.http.connection import HTTPProtocol
+    from dataplane.http2._session import Session
     from dataplane.http2.server import H2ServerProtocol
 
 # Stream output buffered beyond HIGH pauses the engine's writing (its backend read); below LOW resumes it.
@@ -39,46 +34,45 @@ LOW_WATER = 16 * 1024
 MAX_RESPONSE_HEAD = 65536
 _GRPC_MESSAGE_BYTES = 512  # of an error page turned into grpc-message
 
-# Response states.
-HEAD, BODY, DONE, SENT = range(4)
+# RST_STREAM codes used here (RFC 9113 7).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x1, 0x2, 0x7, 0x8
+
+# Response states: the head is awaited, the body is being handed over, all of it is with the session.
+HEAD, BODY, DONE = range(3)
 
 
 class StreamTransport:
-    """The transport of one stream's ``HTTPProtocol``; the connection drives ``receive``/``flush``/``reset``."""
+    """The transport of one stream's ``HTTPProtocol``; the connection drives ``receive``/``closed_by_session``."""
 
     __slots__ = (
-        "_body", "_grpc_error", "_head", "_lost", "_read_paused", "_trailers", "_write_paused", "closed",
-        "deadline", "grpc", "h2", "head_request", "out", "out_size", "proto", "req_done", "server", "sid",
-        "state", "unacked",
+        "_body", "_grpc_error", "_head", "_lost", "_read_paused", "closed", "deadline", "grpc",
+        "head_request", "proto", "req_done", "server", "session", "sid", "state", "unacked", "write_paused",
     )
 
-    def __init__(self, server: H2ServerProtocol, h2: H2Connection, sid: int, head_request: bool,
+    def __init__(self, server: H2ServerProtocol, session: Session, sid: int, head_request: bool,
                  grpc: bool, req_done: bool) -> None:
         self.server = server
-        self.h2 = h2
+        self.session = session
         self.sid = sid
         self.proto: HTTPProtocol | None = None
         self.head_request = head_request
         self.grpc = grpc
         self.req_done = req_done  # the client ended its side of the stream
         self.state = HEAD
-        self.closed = False  # the stream is over for us (ended and flushed, or reset)
+        self.closed = False  # the stream is over for us (closed by the session, or reset)
         self._lost = False  # the engine was told connection_lost
         self._head = b""
         self._body: BodyReader | None = None
-        self._trailers: list[tuple[bytes, bytes]] | None = None
         self._grpc_error: tuple[int, bytearray] | None = None  # (HTTP status, message bytes) to send as gRPC
-        self.out: deque[bytes] = deque()
-        self.out_size = 0
-        self._write_paused = False
+        self.write_paused = False
         self._read_paused = False
-        self.unacked = 0  # flow-controlled bytes received while the engine had reading paused
+        self.unacked = 0  # request-body bytes received while the engine had reading paused
         self.deadline = 0.0  # grpc-timeout as a loop time (0: none)
 
     # --- the asyncio transport interface the engine uses --------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.closed or self.state >= DONE:
+        if self.closed or self.state == DONE:
             return
         if self.state == HEAD:
             data = self._read_head(data)
@@ -89,42 +83,53 @@ class StreamTransport:
         try:
             pieces, _ = body.feed(data)
         except ParseError:
-            self.reset(ErrorCodes.INTERNAL_ERROR)
+            self.reset(INTERNAL_ERROR)
             return
+        done = body.done
         grpc_error = self._grpc_error
-        if body.done:  # known before the last piece goes: END_STREAM rides on its DATA frame
-            self.state = DONE
-            if isinstance(body, ChunkedReader) and body.trailers:
-                self._trailers = body.trailers
-        out = self.out
-        for piece in pieces:
-            if grpc_error is not None:
-                message = grpc_error[1]
+        if grpc_error is not None:
+            message = grpc_error[1]
+            for piece in pieces:
                 message += piece[:_GRPC_MESSAGE_BYTES - len(message)]
-            elif piece:
-                out.append(piece)
-                self.out_size += len(piece)
-        if self.state == DONE:
-            self._complete()
-        elif out:
-            self._push()
+            if done:
+                self._complete()
+            return
+        payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        session = self.session
+        if done:  # END_STREAM rides on the last DATA frame, or trailing HEADERS follow it
+            self.state = DONE
+            trailers = body.trailers if isinstance(body, ChunkedReader) else None
+            if trailers:
+                if payload:
+                    session.write(self.sid, payload, False)
+                session.trailers(self.sid, trailers)
+            else:
+                session.write(self.sid, payload, True)
+        elif payload:
+            pending = session.write(self.sid, payload, False)
+            if pending > HIGH_WATER and not self.write_paused:
+                self.write_paused = True
+                self.server.paused.add(self)
+                if self.proto is not None and not self._lost:
+                    self.proto.pause_writing()
+        self.server.kick()
 
     def writelines(self, data: list[bytes]) -> None:
         for piece in data:
             self.write(piece)
 
     def close(self) -> None:
-        """The engine is done with the exchange: a complete response is flushed (then END_STREAM); an
+        """The engine is done with the exchange: a complete response is sent (then END_STREAM); an
         incomplete one cannot be finished any more and resets the stream."""
         if self.state == BODY and isinstance(self._body, UntilCloseReader):
             self._complete()
-        elif self.state < DONE and not self.closed:
-            self.reset(ErrorCodes.INTERNAL_ERROR)
+        elif self.state != DONE and not self.closed:
+            self.reset(INTERNAL_ERROR)
         self._tell_lost()
 
     def abort(self) -> None:
-        if not self.closed and self.state != SENT:
-            self.reset(ErrorCodes.CANCEL)
+        if not self.closed and (self.state != DONE or self.session.pending(self.sid)):
+            self.reset(CANCEL)
         self._tell_lost()
 
     def is_closing(self) -> bool:
@@ -137,7 +142,7 @@ class StreamTransport:
         pass
 
     def get_write_buffer_size(self) -> int:
-        return self.out_size
+        return 0 if self.closed else self.session.pending(self.sid)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.server.extra_info(name, default)
@@ -149,7 +154,8 @@ class StreamTransport:
         self._read_paused = False
         if self.unacked and not self.closed:
             n, self.unacked = self.unacked, 0
-            self.server.acknowledge(self.sid, n)
+            self.session.consume(self.sid, n)
+            self.server.kick()
 
     def is_reading(self) -> bool:
         return not self._read_paused
@@ -162,16 +168,15 @@ class StreamTransport:
 
     # --- driven by the connection ---------------------------------------------------------------
 
-    def receive(self, data: bytes, flow_length: int, chunked: bool) -> None:
+    def receive(self, data: bytes, chunked: bool) -> None:
         """Request body bytes from a DATA frame: to the engine (chunk-framed when the request is chunked)."""
         proto = self.proto
-        if data and proto is not None and not self._lost:
+        if proto is not None and not self._lost:
             proto.data_received(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-        if flow_length:
-            if self._read_paused and not self.closed:
-                self.unacked += flow_length
-            else:
-                self.server.acknowledge(self.sid, flow_length)
+        if self._read_paused and not self.closed:
+            self.unacked += len(data)
+        else:
+            self.session.consume(self.sid, len(data))
 
     def end_request(self, chunked: bool) -> None:
         self.req_done = True
@@ -179,56 +184,28 @@ class StreamTransport:
         if chunked and proto is not None and not self._lost:
             proto.data_received(LAST_CHUNK)
 
-    def flush(self) -> None:
-        """Send what the windows admit of the buffered output, then the end of the stream once all is out."""
-        if self.closed:
-            return
-        out = self.out
-        h2 = self.h2
-        sid = self.sid
-        try:
-            while out:
-                window = h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                piece = out[0]
-                size = len(piece)
-                n = min(window, h2.max_outbound_frame_size, size)
-                if n == size:
-                    out.popleft()
-                    self.out_size -= n
-                    last = not out and self.state == DONE and self._trailers is None
-                    h2.send_data(sid, piece, end_stream=last)
-                    if last:
-                        self._sent()
-                        return
-                else:
-                    out[0] = piece[n:]
-                    self.out_size -= n
-                    h2.send_data(sid, piece[:n])
-            if not out and self.state == DONE:
-                if self._trailers is not None:
-                    h2.send_headers(sid, self._trailers, end_stream=True)
-                else:
-                    h2.end_stream(sid)
-                self._sent()
-                return
-        except ProtocolError:  # the stream closed under us (a reset in the same read): nothing more to send
+    def closed_by_session(self, error_code: int) -> None:
+        """nghttp2 closed the stream: the normal end once the whole response went out, else a reset (the
+        client's, a stream error nghttp2 found, or a GOAWAY) that drops the engine's backend exchange."""
+        if self.state == DONE and error_code == NO_ERROR:
             self._drop()
-            return
-        if self._write_paused and self.out_size <= LOW_WATER:
-            self._write_paused = False
-            if self.proto is not None and not self._lost:
-                self.proto.resume_writing()
+        else:
+            self.peer_reset()
 
-    def reset(self, code: ErrorCodes) -> None:
+    def drained(self) -> None:
+        """The session sent enough of this stream's buffer: the engine may read its backend again."""
+        self.write_paused = False
+        if self.proto is not None and not self._lost:
+            self.proto.resume_writing()
+
+    def reset(self, code: int) -> None:
         """RST_STREAM from us (the response cannot be completed); the engine is told the connection is lost."""
         if self.closed:
             return
-        with contextlib.suppress(ProtocolError):
-            self.h2.reset_stream(self.sid, code)
+        self.session.reset(self.sid, code)
         self._drop()
         self._tell_lost()
+        self.server.kick()
 
     def peer_reset(self) -> None:
         """The client reset the stream (or the connection is gone): the engine drops its backend exchange."""
@@ -239,13 +216,12 @@ class StreamTransport:
         """The gRPC deadline passed: DEADLINE_EXCEEDED if nothing was answered yet, else a cancel."""
         if self.closed:
             return
-        if self.state == HEAD and not self.out:
+        if self.state == HEAD:
             self.state = DONE
-            with contextlib.suppress(ProtocolError):
-                self.h2.send_headers(self.sid, grpc_trailers_only(504, "deadline exceeded", 4), end_stream=True)
-            self._sent()
+            self.session.respond(self.sid, grpc_trailers_only(504, "deadline exceeded", 4), True)
+            self.server.kick()
         else:
-            self.reset(ErrorCodes.CANCEL)
+            self.reset(CANCEL)
         self._tell_lost()
 
     # --- internals ------------------------------------------------------------------------------
@@ -259,19 +235,19 @@ class StreamTransport:
             end = data.find(b"\r\n\r\n")
             if end < 0:
                 if len(data) > MAX_RESPONSE_HEAD:
-                    self.reset(ErrorCodes.INTERNAL_ERROR)
+                    self.reset(INTERNAL_ERROR)
                     return b""
                 self._head = data
                 return b""
             try:
                 resp = parse_response_head(data[:end])
             except ParseError:
-                self.reset(ErrorCodes.INTERNAL_ERROR)
+                self.reset(INTERNAL_ERROR)
                 return b""
             data = data[end + 4:]
             if resp.status < 200:
                 if resp.status != 101:  # interim (100 Continue): HEADERS without END_STREAM
-                    self.h2.send_headers(self.sid, [(b":status", b"%d" % resp.status)])
+                    self.session.info(self.sid, [(b":status", b"%d" % resp.status)])
                     self.server.kick()
                 continue
             self._start(resp)
@@ -284,10 +260,10 @@ class StreamTransport:
         else:
             fields = response_fields(resp)
             no_body = self.head_request or status in (204, 304) or resp.content_length == 0
-            self.h2.send_headers(self.sid, fields, end_stream=no_body)
+            self.session.respond(self.sid, fields, no_body)
             if no_body:
                 self.state = DONE
-                self._sent()
+                self.server.kick()
                 return
         if self.head_request or status in (204, 304):
             self._body = LengthReader(0)
@@ -300,47 +276,25 @@ class StreamTransport:
         self.state = BODY
         if self._body.done:
             self._complete()
-        else:
-            self.server.kick()
-
-    def _push(self) -> None:
-        """Send what the windows admit now; beyond the high-water mark the engine stops reading its backend."""
-        if not self.server.write_paused:
-            self.flush()
-            self.server.kick()
-        if not self._write_paused and self.out_size > HIGH_WATER and not self.closed:
-            self._write_paused = True
-            if self.proto is not None and not self._lost:
-                self.proto.pause_writing()
 
     def _complete(self) -> None:
-        """The whole response body was read: end the stream once the buffered rest is out."""
+        """The whole response body was read: END_STREAM once the buffered rest is out."""
         self.state = DONE
         grpc_error = self._grpc_error
         if grpc_error is not None:
             status, message = grpc_error
             text = bytes(message).decode("utf-8", "replace").strip()
-            with contextlib.suppress(ProtocolError):
-                self.h2.send_headers(self.sid, grpc_trailers_only(status, text), end_stream=True)
-            self._sent()
-            return
-        self._push()
-
-    def _sent(self) -> None:
-        """END_STREAM is out; a request the client is still sending is refused the rest (RST_STREAM NO_ERROR)."""
-        self.state = SENT
-        if not self.req_done:
-            with contextlib.suppress(ProtocolError):
-                self.h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
-        self._drop()
+            self.session.respond(self.sid, grpc_trailers_only(status, text), True)
+        else:
+            self.session.write(self.sid, b"", True)
         self.server.kick()
 
     def _drop(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.out.clear()
-        self.out_size = 0
+        if self.write_paused:
+            self.server.paused.discard(self)
         self.server.stream_closed(self)
 
     def _tell_lost(self) -> None:

@@ -117,7 +117,8 @@ class Rig:
         return dict(resp.headers)[b":status"]  # type: ignore[no-any-return]
 
 
-async def make_rig(settings: HTTPSettings | None = None, window: int = 65535, scheme: str = "https") -> Rig:
+async def make_rig(settings: HTTPSettings | None = None, window: int = 65535, scheme: str = "https",
+                   handshake: bool = True) -> Rig:
     settings = settings or HTTPSettings()
     snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", EP)])
     metrics = Metrics()
@@ -133,7 +134,8 @@ async def make_rig(settings: HTTPSettings | None = None, window: int = 65535, sc
     upstream = table.upstreams["p"]
     assert isinstance(upstream, Upstream)
     rig = Rig(server, wire, client, upstream, metrics)
-    rig.to_server()
+    if handshake:  # else the client's preface waits in its buffer for the test's first flight
+        rig.to_server()
     return rig
 
 
@@ -275,10 +277,18 @@ async def test_client_reset_drops_the_backend_exchange(rig: Rig) -> None:
 
 
 async def test_streams_over_the_cap_are_refused_and_the_connection_survives() -> None:
-    rig = await make_rig(HTTPSettings(h2=H2Limits(max_concurrent_streams=2)))
+    # The client's first flight opens 3 streams before it could read our SETTINGS (cap 2): the third is
+    # refused (REFUSED_STREAM: not processed, safe to retry) and the connection serves the other two.
+    rig = await make_rig(HTTPSettings(h2=H2Limits(max_concurrent_streams=2)), handshake=False)
     backends = [rig.backend(), rig.backend()]
-    rig.client.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = deque([10])  # ignores the cap
-    s1, s2, s3 = rig.get("/1"), rig.get("/2"), rig.get("/3")
+    sids = []
+    for i in range(3):  # one flight: preface, SETTINGS, three HEADERS
+        sid = rig.client.get_next_available_stream_id()
+        rig.client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"app.test"),
+                                      (b":path", b"/%d" % i)], end_stream=True)
+        sids.append(sid)
+    rig.to_server()
+    s1, s2, s3 = sids
     (reset,) = rig.of(s3, StreamReset)
     assert reset.error_code == ErrorCodes.REFUSED_STREAM and not rig.wire.closed
     for b in backends:
@@ -290,6 +300,17 @@ async def test_streams_over_the_cap_are_refused_and_the_connection_survives() ->
     rig.backends[-1].respond(OK)
     rig.from_server()
     assert rig.body(s4) == b"hello"
+
+
+async def test_a_client_ignoring_the_acknowledged_cap_is_a_connection_error() -> None:
+    # Once the client acknowledged the cap, a stream beyond it is a protocol violation (RFC 9113 5.1.2 allows a
+    # stream error; nghttp2 ends the connection, RFC 9113 5.4.1).
+    rig = await make_rig(HTTPSettings(h2=H2Limits(max_concurrent_streams=2)))
+    rig.backend(), rig.backend()
+    rig.client.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = deque([10])  # ignores the cap
+    rig.get("/1"), rig.get("/2"), rig.get("/3")
+    codes = [e.error_code for e in rig.events if isinstance(e, ConnectionTerminated)]
+    assert codes == [ErrorCodes.PROTOCOL_ERROR] and rig.wire.closed
 
 
 async def test_malformed_request_is_a_stream_error(rig: Rig) -> None:
