@@ -432,6 +432,11 @@ Session_init(SessionObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    /* The flood guard in front (guard.py) owns the configurable limits and answers GOAWAY ENHANCE_YOUR_CALM
+     * with a metric: nghttp2's own, lower defaults (8 CONTINUATION frames, 1000 resets then 33/s) would end
+     * the connection first and silently. Its limits stay as a backstop far above the guard's. */
+    nghttp2_option_set_max_continuations(opt, 4096);
+    nghttp2_option_set_stream_reset_rate_limit(opt, 1000000, 100000);
     /* Closed streams stay known (nghttp2 keeps up to max_concurrent_streams of them) and RFC 7540 PRIORITY
      * frames are still validated: frames on a closed stream and a self-dependency are then the errors
      * RFC 9113 5.1 and 5.3.1 ask for (h2spec 5.1/8-12, 5.3.1/2, 6.3/1). PRIORITY has no other effect. */
