@@ -185,7 +185,7 @@ def test_http2_false_host_negotiates_http1_beside_a_grpc_host(edge: AnyEdge, edg
     ca_file = tmp_path / "edge-ca.crt"
     ca_file.write_text(edge_ca.cert_pem)
     with channel(dataplane, grpc_host, edge_ca.cert_pem) as ch:
-        wait_grpc(rig, ch, grpc_host)  # both Ingresses are in the snapshot once the later one serves...
+        wait_grpc(rig, ch, grpc_host)
     rig.eventually(f"{h1_host} served", lambda: https_get(dataplane.address, dataplane.https_port, h1_host,
                                                            ca_pem=edge_ca.cert_pem).status == 200, ROUTE_BOUND)
     assert curl_http_version(dataplane, h1_host, ca_file) == "1.1"  # ALPN offered http/1.1 only
