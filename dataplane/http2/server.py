@@ -8,7 +8,8 @@ access log are the HTTP/1.1 engine's, unchanged. What is HTTP/2's own lives here
 frame pre-scan against floods (``guard.py``, in front of nghttp2: a violation is GOAWAY
 ENHANCE_YOUR_CALM), gRPC deadlines, and the connection's one timer (preface, idle, a client that accepts
 none of our bytes, deadlines). A drain or a changed TLS row is a graceful GOAWAY: open streams finish,
-new ones are not processed, then the close. One transport write per read and one per burst of output.
+new ones are not processed, then the close. One transport write per read, and one per event-loop iteration for
+the responses the streams completed in it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class H2ServerProtocol(asyncio.Protocol):
         self.paused: set[StreamTransport] = set()  # streams whose engine was told pause_writing
         self._info_h2 = self._info_grpc = info
         self.write_paused = False
-        self._batch = False  # inside data_received or kick: one transport write at the end
+        self._batch = False  # inside data_received or _write_out: one transport write at the end
+        self._flush_pending = False  # a _flush is scheduled for the end of this loop iteration
         self._preface = False
         self._closed = False
         self._draining = False
@@ -81,7 +83,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self._info_grpc = replace(info, protocol="grpc")
         self._started = self._idle_since = self._progress_at = now = loop.time()
         self._metrics.h2_connections_total.inc()
-        self.kick()  # our SETTINGS and the connection window
+        self._write_out()  # our SETTINGS and the connection window
         self._arm(now + self._settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -104,7 +106,7 @@ class H2ServerProtocol(asyncio.Protocol):
             self._dispatch(events)
         finally:
             self._batch = False
-        self.kick()
+        self._write_out()
 
     def eof_received(self) -> bool | None:
         return None  # the client closed its side: HTTP/2 has no half-close, the connection ends
@@ -121,7 +123,7 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.kick()
+        self._write_out()
 
     # --- what the runtime calls -------------------------------------------------------------------
 
@@ -140,12 +142,25 @@ class H2ServerProtocol(asyncio.Protocol):
             return
         self._draining = True
         self.session.goaway(NO_ERROR)
-        self.kick()
+        self._write_out()
 
     # --- used by the streams ----------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Write what the session has to send (deferred to the end of a read while its events are handled)."""
+        """A stream queued output: written once at the end of this event-loop iteration (``loop.call_soon``,
+        at most one pending), so the responses of every stream answered in one iteration share one TLS
+        record and one system call; inside a read it goes with the read's own write."""
+        if self._batch or self._flush_pending or self._closed or self._loop is None:
+            return
+        self._flush_pending = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        """Write what the session has to send now."""
         if self._batch or self._closed or self.write_paused or self._transport is None:
             return
         session = self.session
@@ -267,7 +282,7 @@ class H2ServerProtocol(asyncio.Protocol):
         """Send what the session queued (its GOAWAY) and close."""
         self._batch = False
         self.write_paused = False  # the GOAWAY goes into the transport's buffer whatever its level
-        self.kick()
+        self._write_out()
         self._close()
 
     def _close(self) -> None:
@@ -334,7 +349,7 @@ class H2ServerProtocol(asyncio.Protocol):
                     st.expire()
                 else:
                     next_at = min(next_at, st.deadline)
-            self.kick()
+            self._write_out()
             if not self._streams:
                 next_at = min(next_at, self._idle_since + settings.keepalive_timeout)
         if next_at != _INF and not self._closed:

@@ -122,3 +122,22 @@ async def test_garbage_instead_of_a_preface_is_a_connection_error() -> None:
     server.connection_made(wire)  # type: ignore[arg-type]
     server.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert wire.closed
+
+
+async def test_responses_completed_in_one_loop_iteration_share_one_write() -> None:
+    # Two backends answer in the same event-loop iteration: nothing is written while their reads are
+    # handled, then one transport write (one TLS record, one send) carries both responses; the loop
+    # runs for real here (Wire.take would flush by hand).
+    rig = await make_rig()
+    b1, b2 = rig.backend(), rig.backend()
+    first, second = rig.get("/a"), rig.get("/b")
+    assert b"GET /" in b1.request() and b"GET /" in b2.request()
+    rig.wire.writes.clear()
+    b1.respond(OK)
+    b2.respond(OK)
+    assert rig.wire.writes == []
+    await asyncio.sleep(0)
+    assert len(rig.wire.writes) == 1
+    rig.from_server()
+    assert rig.body(first) == rig.body(second) == b"hello"
+    assert rig.of(first, StreamEnded) and rig.of(second, StreamEnded)

@@ -45,8 +45,17 @@ EP = Endpoint("127.0.0.1", 9)  # never connected to: the backends are fakes put 
 class Wire(FakeTransport):
     """The client's TLS transport as the protocol sees it (pause/resume of writing is the test's)."""
 
+    server: H2ServerProtocol | None = None  # whose output ``take`` flushes first
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8443)}.get(name, default)
+
+    def take(self) -> bytes:
+        """What the server wrote by the end of this loop iteration: the tests drive the loop by hand, so the
+        flush the streams' output scheduled (``call_soon``) is run here (its own test runs the real loop)."""
+        if self.server is not None and self.server._flush_pending:
+            self.server._flush()
+        return super().take()
 
 
 @dataclass
@@ -125,6 +134,7 @@ async def make_rig(settings: HTTPSettings | None = None, window: int = 65535, sc
     table = build_http_table(snap, None, metrics, settings)
     server = H2ServerProtocol(TableRef(table), ConnectionInfo(scheme), metrics)  # type: ignore[arg-type]
     wire = Wire()
+    wire.server = server
     server.connection_made(wire)  # type: ignore[arg-type]
     client = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
                                           normalize_outbound_headers=False))
