@@ -22,7 +22,7 @@ class HTTPSettings:
     header_timeout: float = 30.0  # from the first byte of a request head to its end
     max_body_buffer: int = 256 * 1024  # client bytes buffered while the upstream is not writable
     upstream_idle_timeout: float = 30.0  # idle keep-alive connection to a backend
-    max_idle_per_endpoint: int = 64
+    max_idle_per_endpoint: int = 64  # idle backend connections kept (more while more were recently in flight)
     max_connect_attempts: int = 3  # endpoints tried for one request when connects fail
     client_send_timeout: float = 60.0  # the client accepted none of the bytes waiting for it this long: close
     client_body_timeout: float = 60.0  # no request-body byte this long: 408 (or close once a response started)

@@ -157,6 +157,10 @@ class Upstream:
         self.max_response_head = settings.max_response_head
         self.connects = 0  # connections opened (tests and debugging)
         self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
+        # Most exchanges in flight to an endpoint at once since the last sweep: idle connections are kept up
+        # to this many (or max_idle), so a steady load above max_idle reuses its connections instead of
+        # closing the surplus after each burst of responses and reconnecting for the next.
+        self._peak: dict[Endpoint, int] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._failure_children: dict[str, object] = {}
         if previous is not None:
@@ -180,8 +184,16 @@ class Upstream:
         return None
 
     def put_idle(self, conn: UpstreamConnection) -> None:
-        conns = self._idle.setdefault(conn.endpoint, [])
-        if len(conns) >= self.max_idle:
+        """Keep ``conn`` for the next request: at most max(``max_idle``, the recent peak of exchanges in flight
+        to the endpoint) idle ones, the oldest closed first. The peak never asks for more connections than
+        were open at once anyway, and connections it keeps that go unused are swept after ``idle_timeout``."""
+        ep = conn.endpoint
+        conns = self._idle.setdefault(ep, [])
+        in_use = self.balancer.active(ep) + 1  # this connection's exchange has just finished
+        peak = self._peak.get(ep, 0)
+        if in_use > peak:
+            self._peak[ep] = peak = in_use
+        if len(conns) >= self.max_idle and len(conns) >= peak:
             conns.pop(0).close()
         conn.idle_since = conn.loop.time()
         conns.append(conn)
@@ -195,6 +207,7 @@ class Upstream:
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = None
+        self._peak.clear()  # the demand is measured afresh from the next releases
         now = loop.time()
         remaining = 0
         for conns in self._idle.values():
