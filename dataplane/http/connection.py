@@ -162,6 +162,20 @@ class HTTPProtocol(asyncio.Protocol):
                                           cert.subject_dn if cert is not None else "", self._table.match_cn)
         self._enter_idle(self._settings.header_timeout)
 
+    def stream_made(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, block: bytes,
+                    gate: Local | None, head: bytes) -> None:
+        """``connection_made`` plus the request head, for one HTTP/2 stream (``H2ServerProtocol``): ``info`` is
+        complete already, and the forwarding block and the client-certificate gate, the same for every stream
+        of the connection, are computed once there. The head comes whole, so no header timer is armed."""
+        self._transport = transport
+        self._loop = loop
+        self._client_ip = self._info.client_addr[0]
+        self._block = block
+        self._gate = gate
+        self.data_received(head)
+        if self._state == _CL_IDLE and self._timer is None:  # not one whole head: wait for the rest, bounded
+            self._enter_idle(self._settings.header_timeout)
+
     def data_received(self, data: bytes) -> None:
         self._in += len(data)
         state = self._state

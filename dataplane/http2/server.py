@@ -21,9 +21,10 @@ from typing import Any, cast
 
 from dataplane.access_log import AccessLog
 from dataplane.http.connection import HTTPProtocol
+from dataplane.http.headers import connection_block
 from dataplane.http.info import ConnectionInfo, complete_info
 from dataplane.http.responses import local_response
-from dataplane.http.table import TLS_SAME, TableRef, tls_change
+from dataplane.http.table import TLS_SAME, HTTPTable, Local, TableRef, client_auth_gate, tls_change
 from dataplane.http.upstream import fires_by
 from dataplane.http2._session import CLOSED, DATA, END, GOAWAY, REQUEST, SETTINGS, Session, SessionError
 from dataplane.http2.guard import FrameGuard
@@ -62,6 +63,9 @@ class H2ServerProtocol(asyncio.Protocol):
         self._deadlines: set[StreamTransport] = set()
         self.paused: set[StreamTransport] = set()  # streams whose engine was told pause_writing
         self._info_h2 = self._info_grpc = info
+        self._block = b""  # the forwarding headers, the same for every stream (connection_block)
+        self._gate: Local | None = None  # the client-certificate answer of every stream, for _gate_table
+        self._gate_table: HTTPTable | None = None
         self.write_paused = False
         self._batch = False  # inside data_received or _write_out: one transport write at the end
         self._flush_pending = False  # a _flush is scheduled for the end of this loop iteration
@@ -81,6 +85,7 @@ class H2ServerProtocol(asyncio.Protocol):
         info = complete_info(self._info, transport)
         self._info_h2 = replace(info, protocol="h2")
         self._info_grpc = replace(info, protocol="grpc")
+        self._block = connection_block(info)
         self._started = self._idle_since = self._progress_at = now = loop.time()
         self._metrics.h2_connections_total.inc()
         self._write_out()  # our SETTINGS and the connection window
@@ -258,8 +263,22 @@ class H2ServerProtocol(asyncio.Protocol):
             self._arm(deadline)
         proto = HTTPProtocol(self._ref, self._info_grpc if req.grpc else self._info_h2, self._metrics, self._alog)
         st.proto = proto
-        proto.connection_made(st)  # type: ignore[arg-type]  # an asyncio transport look-alike
-        proto.data_received(req.head)
+        assert self._loop is not None
+        proto.stream_made(st, self._loop, self._block, self._client_gate(), req.head)  # type: ignore[arg-type]
+
+    def _client_gate(self) -> Local | None:
+        """``HTTPProtocol``'s client-certificate gate, computed once per connection and routing table."""
+        info = self._info_h2
+        row = info.tls_host
+        if info.scheme != "https" or row is None or row.client_auth is None:
+            return None
+        table = self._ref.table
+        if table is not self._gate_table:
+            cert = info.client_cert
+            self._gate_table = table
+            self._gate = client_auth_gate(row.client_auth, cert.verified if cert is not None else None,
+                                          cert.subject_dn if cert is not None else "", table.match_cn)
+        return self._gate
 
     def _open(self, sid: int, head_request: bool, grpc: bool, ended: bool) -> StreamTransport:
         st = StreamTransport(self, self.session, sid, head_request, grpc, ended)

@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 from dataplane.http.connection import ConnectionInfo
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import TableRef, build_http_table
+from dataplane.http.upstream import Upstream
 from dataplane.http2.server import H2ServerProtocol
 from dataplane.metrics import Metrics
-from dataplane.snapshot import TLSHost
-from tests.integration.http_fixtures import pool, snapshot, vhost
-from tests.unit.test_h2_stream import EP, OK, Wire, make_rig
+from dataplane.snapshot import ClientAuth, TLSHost
+from tests.integration.http_fixtures import ca_bundle, pool, snapshot, vhost
+from tests.pki import CA
+from tests.unit.test_h2_stream import EP, OK, Rig, Wire, make_rig
 
 
 async def test_head_and_204_end_the_stream_with_the_headers() -> None:
@@ -141,3 +145,34 @@ async def test_responses_completed_in_one_loop_iteration_share_one_write() -> No
     rig.from_server()
     assert rig.body(first) == rig.body(second) == b"hello"
     assert rig.of(first, StreamEnded) and rig.of(second, StreamEnded)
+
+
+async def test_stream_exchange_arms_no_header_timer_and_gets_the_connection_s_client_cert_gate() -> None:
+    # The head of a stream is fed whole (HTTPProtocol.stream_made): no per-stream header timer. The
+    # client-certificate gate is the connection's, computed once per routing table: a required
+    # certificate that was not sent is refused on every stream, before any backend is reached.
+    cas = ca_bundle(CA("client CA"))
+    row = TLSHost("app.test", "terminate", client_auth=ClientAuth(cas.id, "required"))
+    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"), tls=True)], [pool("p", EP)], tls_hosts=(row,),
+                    cas=(cas,))
+    metrics = Metrics()
+    ref = TableRef(build_http_table(snap, None, metrics, HTTPSettings()))
+    server = H2ServerProtocol(ref, ConnectionInfo("https", sni="app.test", tls_host=ref.table.tls_row("app.test")),
+                              metrics)
+    wire = Wire()
+    wire.server = server
+    server.connection_made(wire)  # type: ignore[arg-type]
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    upstream = ref.table.upstreams["p"]
+    assert isinstance(upstream, Upstream)
+    rig = Rig(server, wire, client, upstream, metrics)
+    rig.to_server()
+    refused = [rig.get(f"/r{i}") for i in range(2)]
+    assert [rig.status(sid) for sid in refused] == [b"400", b"400"]
+    assert server._gate_table is ref.table and upstream.connects == 0
+    ok_rig = await make_rig()
+    ok_rig.backend()
+    ok_rig.get("/pending")  # the backend has not answered: the exchange is under way
+    (st,) = ok_rig.server._streams.values()
+    assert st.proto is not None and st.proto._timer is None and st.proto._state == 1  # _CL_REQUEST
