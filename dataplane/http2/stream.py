@@ -17,7 +17,7 @@ Nothing here owns a timer: the engine has its own, the connection one for everyt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dataplane.http.framing import LAST_CHUNK, BodyReader, ChunkedReader, LengthReader, ParseError, UntilCloseReader
 from dataplane.http.parser import ResponseHead, parse_response_head
@@ -26,7 +26,6 @@ from dataplane.http2.translate import grpc_trailers_only, response_fields
 if TYPE_CHECKING:
     from dataplane.http.connection import HTTPProtocol
     from dataplane.http2._session import Session
-    from dataplane.http2.server import H2ServerProtocol
 
 # Stream output buffered beyond HIGH pauses the engine's writing (its backend read); below LOW resumes it.
 HIGH_WATER = 64 * 1024
@@ -41,6 +40,17 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x1, 0x2
 HEAD, BODY, DONE = range(3)
 
 
+class StreamOwner(Protocol):
+    """What a stream needs of its connection (``server.H2ServerProtocol``), named here so the two modules
+    do not import each other."""
+
+    paused: set[StreamTransport]  # streams whose engine paused its writing
+
+    def kick(self) -> None: ...  # write what the session has to send (batched per loop iteration)
+    def extra_info(self, name: str, default: Any = None) -> Any: ...
+    def stream_closed(self, st: StreamTransport) -> None: ...
+
+
 class StreamTransport:
     """The transport of one stream's ``HTTPProtocol``; the connection drives ``receive``/``closed_by_session``."""
 
@@ -49,7 +59,7 @@ class StreamTransport:
         "head_request", "proto", "req_done", "server", "session", "sid", "state", "unacked", "write_paused",
     )
 
-    def __init__(self, server: H2ServerProtocol, session: Session, sid: int, head_request: bool,
+    def __init__(self, server: StreamOwner, session: Session, sid: int, head_request: bool,
                  grpc: bool, req_done: bool) -> None:
         self.server = server
         self.session = session
