@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from dataplane import openssl, pem
 from dataplane.balancer import UpstreamPool
@@ -133,8 +133,72 @@ class TLSContextCache:
 # --- one pool --------------------------------------------------------------------------------
 
 
-class Upstream:
-    """How to reach one pool's endpoints, and its idle connections."""
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+class UpstreamBase:
+    """What every pool of backend connections shares, whatever it speaks: how to reach the endpoints
+    (and open one connection, with the same errors for HTTP/1.1 and HTTP/2), and the failure counter."""
+
+    def __init__(self, spec: Pool, balancer: UpstreamPool, ssl_context: ssl.SSLContext | None, tls_error: str,
+                 settings: HTTPSettings, metrics: Metrics) -> None:
+        self.spec = spec
+        self.balancer = balancer
+        self.ssl_context = ssl_context
+        self.tls_error = tls_error
+        self.server_name = spec.tls.server_name if spec.tls is not None else None
+        self.metrics = metrics
+        self.idle_timeout = settings.upstream_idle_timeout
+        self.max_response_head = settings.max_response_head
+        self.connects = 0  # connections opened (tests and debugging)
+
+    def failure(self, reason: str) -> None:
+        self.metrics.upstream_failures.labels(self.spec.id, reason).inc()
+
+    async def dial(self, ep: Endpoint, factory: Callable[[], _P],
+                   check: Callable[[_P], ConnectError | None] | None = None) -> _P:
+        """One fresh connection to ``ep`` (TLS handshake done and verified, then ``check``ed): its protocol,
+        or ``ConnectError``, counted against the endpoint's health and the pool's failures."""
+        if self.spec.tls is not None and self.ssl_context is None:
+            self.failure("tls_config")
+            raise ConnectError(502, "tls_config", self.tls_error or "upstream TLS is not configured")
+        loop = asyncio.get_running_loop()
+        timeout = self.spec.connect_timeout
+        err: ConnectError | None
+        try:
+            async with asyncio.timeout(timeout):
+                if self.ssl_context is not None:
+                    _, conn = await loop.create_connection(
+                        factory, ep.address, ep.port,
+                        ssl=self.ssl_context, server_hostname=self.server_name, ssl_handshake_timeout=timeout,
+                    )
+                else:
+                    _, conn = await loop.create_connection(factory, ep.address, ep.port)
+        except TimeoutError:
+            err = ConnectError(504, "connect_timeout", "upstream connect timed out")
+        except ssl.SSLCertVerificationError as exc:
+            err = ConnectError(502, "tls_verify", f"upstream certificate verification failed: {exc.verify_message}")
+        except ssl.SSLError as exc:
+            err = ConnectError(502, "tls_error", f"upstream TLS handshake failed: {exc.reason or exc}")
+        except ConnectionRefusedError:
+            err = ConnectError(502, "connect_refused", "upstream refused the connection")
+        except (OSError, EOFError) as exc:
+            err = ConnectError(502, "connect_error", f"upstream connect failed: {exc.__class__.__name__}")
+        else:
+            err = check(conn) if check is not None else None
+            if err is None:
+                self.connects += 1
+                self.balancer.succeeded(ep)
+                return conn
+        self.balancer.failed(ep)
+        self.failure(err.reason)
+        log.debug("upstream connect failed", extra={"pool": self.spec.id, "endpoint": f"{ep.address}:{ep.port}",
+                                                    "reason": err.reason})
+        raise err
+
+
+class Upstream(UpstreamBase):
+    """How to reach one pool's endpoints over HTTP/1.1, and its idle connections."""
 
     def __init__(
         self,
@@ -146,16 +210,8 @@ class Upstream:
         metrics: Metrics,
         previous: Upstream | None = None,
     ) -> None:
-        self.spec = spec
-        self.balancer = balancer
-        self.ssl_context = ssl_context
-        self.tls_error = tls_error
-        self.server_name = spec.tls.server_name if spec.tls is not None else None
-        self.metrics = metrics
-        self.idle_timeout = settings.upstream_idle_timeout
+        super().__init__(spec, balancer, ssl_context, tls_error, settings, metrics)
         self.max_idle = settings.max_idle_per_endpoint
-        self.max_response_head = settings.max_response_head
-        self.connects = 0  # connections opened (tests and debugging)
         self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
         # Most exchanges in flight to an endpoint at once since the last sweep: idle connections are kept up
         # to this many (or max_idle), so a steady load above max_idle reuses its connections instead of
@@ -170,9 +226,6 @@ class Upstream:
                         conn.upstream = self
                     self._idle[ep] = conns
             previous._idle = {}
-
-    def failure(self, reason: str) -> None:
-        self.metrics.upstream_failures.labels(self.spec.id, reason).inc()
 
     def take_idle(self, ep: Endpoint) -> UpstreamConnection | None:
         conns = self._idle.get(ep)
@@ -226,41 +279,8 @@ class Upstream:
 
     async def connect(self, ep: Endpoint) -> UpstreamConnection:
         """A fresh connection (TLS handshake done and verified); ``ConnectError`` when it fails."""
-        if self.spec.tls is not None and self.ssl_context is None:
-            self.failure("tls_config")
-            raise ConnectError(502, "tls_config", self.tls_error or "upstream TLS is not configured")
         loop = asyncio.get_running_loop()
-        timeout = self.spec.connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                if self.ssl_context is not None:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(self, ep, loop), ep.address, ep.port,
-                        ssl=self.ssl_context, server_hostname=self.server_name, ssl_handshake_timeout=timeout,
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(self, ep, loop), ep.address, ep.port
-                    )
-        except TimeoutError:
-            err = ConnectError(504, "connect_timeout", "upstream connect timed out")
-        except ssl.SSLCertVerificationError as exc:
-            err = ConnectError(502, "tls_verify", f"upstream certificate verification failed: {exc.verify_message}")
-        except ssl.SSLError as exc:
-            err = ConnectError(502, "tls_error", f"upstream TLS handshake failed: {exc.reason or exc}")
-        except ConnectionRefusedError:
-            err = ConnectError(502, "connect_refused", "upstream refused the connection")
-        except (OSError, EOFError) as exc:
-            err = ConnectError(502, "connect_error", f"upstream connect failed: {exc.__class__.__name__}")
-        else:
-            self.connects += 1
-            self.balancer.succeeded(ep)
-            return conn
-        self.balancer.failed(ep)
-        self.failure(err.reason)
-        log.debug("upstream connect failed", extra={"pool": self.spec.id, "endpoint": f"{ep.address}:{ep.port}",
-                                                    "reason": err.reason})
-        raise err
+        return await self.dial(ep, lambda: UpstreamConnection(self, ep, loop))
 
 
 # --- one connection ----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from dataplane.balancer import UpstreamPool
 from dataplane.http.framing import BodyReader, ChunkedReader, LengthReader, ParseError
 from dataplane.http.parser import ResponseHead, parse_request_head
 from dataplane.http.responses import REASONS
-from dataplane.http.upstream import ConnectError, ResponseSink, fires_by
+from dataplane.http.upstream import ConnectError, ResponseSink, UpstreamBase, fires_by
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint, Pool
 
@@ -127,7 +127,7 @@ def split_trailers_only(fields: list[tuple[bytes, bytes]]) -> tuple[ResponseHead
 # --- one pool --------------------------------------------------------------------------------
 
 
-class H2Upstream:
+class H2Upstream(UpstreamBase):
     """One h2 pool: live backend connections per endpoint, each carrying up to ``MAX_STREAMS`` exchanges."""
 
     def __init__(
@@ -140,15 +140,7 @@ class H2Upstream:
         metrics: Metrics,
         previous: H2Upstream | None = None,
     ) -> None:
-        self.spec = spec
-        self.balancer = balancer
-        self.ssl_context = ssl_context
-        self.tls_error = tls_error
-        self.server_name = spec.tls.server_name if spec.tls is not None else None
-        self.metrics = metrics
-        self.idle_timeout = settings.upstream_idle_timeout
-        self.max_response_head = settings.max_response_head
-        self.connects = 0  # connections opened (tests and debugging)
+        super().__init__(spec, balancer, ssl_context, tls_error, settings, metrics)
         self._conns: dict[Endpoint, list[H2BackendConnection]] = {}
         self._opening: dict[Endpoint, asyncio.Task[H2BackendConnection]] = {}
         if previous is not None:  # live connections (streams in flight included) move to this table
@@ -158,9 +150,6 @@ class H2Upstream:
                         conn.upstream = self
                     self._conns[ep] = conns
             previous._conns = {}
-
-    def failure(self, reason: str) -> None:
-        self.metrics.upstream_failures.labels(self.spec.id, reason).inc()
 
     def take_idle(self, ep: Endpoint) -> H2Stream | None:
         """A stream on a live connection to ``ep`` with a free stream slot, else None."""
@@ -207,44 +196,18 @@ class H2Upstream:
             task.exception()  # retrieved: nobody may be waiting any more
 
     async def _open(self, ep: Endpoint) -> H2BackendConnection:
-        if self.spec.tls is not None and self.ssl_context is None:
-            self.failure("tls_config")
-            raise ConnectError(502, "tls_config", self.tls_error or "upstream TLS is not configured")
         loop = asyncio.get_running_loop()
-        timeout = self.spec.connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                if self.ssl_context is not None:
-                    _, conn = await loop.create_connection(
-                        lambda: H2BackendConnection(self, ep, loop), ep.address, ep.port,
-                        ssl=self.ssl_context, server_hostname=self.server_name, ssl_handshake_timeout=timeout,
-                    )
-                else:
-                    _, conn = await loop.create_connection(lambda: H2BackendConnection(self, ep, loop),
-                                                           ep.address, ep.port)
-        except TimeoutError:
-            err = ConnectError(504, "connect_timeout", "upstream connect timed out")
-        except ssl.SSLCertVerificationError as exc:
-            err = ConnectError(502, "tls_verify", f"upstream certificate verification failed: {exc.verify_message}")
-        except ssl.SSLError as exc:
-            err = ConnectError(502, "tls_error", f"upstream TLS handshake failed: {exc.reason or exc}")
-        except ConnectionRefusedError:
-            err = ConnectError(502, "connect_refused", "upstream refused the connection")
-        except (OSError, EOFError) as exc:
-            err = ConnectError(502, "connect_error", f"upstream connect failed: {exc.__class__.__name__}")
-        else:
-            if conn.alpn_ok():
-                self.connects += 1
-                self.balancer.succeeded(ep)
-                self._conns.setdefault(ep, []).append(conn)
-                return conn
-            conn.close()
-            err = ConnectError(502, "tls_alpn", "backend did not negotiate HTTP/2")
-        self.balancer.failed(ep)
-        self.failure(err.reason)
-        log.debug("upstream connect failed", extra={"pool": self.spec.id, "endpoint": f"{ep.address}:{ep.port}",
-                                                    "reason": err.reason})
-        raise err
+        conn = await self.dial(ep, lambda: H2BackendConnection(self, ep, loop), _require_h2)
+        self._conns.setdefault(ep, []).append(conn)
+        return conn
+
+
+def _require_h2(conn: H2BackendConnection) -> ConnectError | None:
+    """A TLS backend must select ALPN h2: HTTP/2 bytes to an HTTP/1.1 server would be garbage to it."""
+    if conn.alpn_ok():
+        return None
+    conn.close()
+    return ConnectError(502, "tls_alpn", "backend did not negotiate HTTP/2")
 
 
 # --- one backend connection --------------------------------------------------------------------
