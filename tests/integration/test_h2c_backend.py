@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import ssl
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -34,6 +33,7 @@ from tests.integration.http_fixtures import (
     snapshot,
     vhost,
 )
+from tests.integration.http_fixtures import EchoBackend as H2Backend  # the same record, whatever it speaks
 from tests.pki import CA
 
 LOOPS = ("asyncio", "uvloop")  # production runs uvloop, whose transports differ in detail
@@ -47,22 +47,6 @@ def pattern(n: int) -> bytes:
 
 
 # --- the HTTP/2 backend ------------------------------------------------------------------------
-
-
-@dataclass
-class H2Backend:
-    port: int = 0
-    connections: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    server: asyncio.AbstractServer | None = None
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(LOCAL, self.port)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 class _H2Server(asyncio.Protocol):
