@@ -16,18 +16,19 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY controller ./controller
 COPY dataplane ./dataplane
+# libnghttp2's shared library goes into the venv's tree, so the runtime stage needs no package manager step.
 RUN /opt/portcullis/bin/pip install --no-compile . \
- && /opt/portcullis/bin/python -c "import dataplane.http._headparser, dataplane.http2._session" \
+ && mkdir -p /opt/portcullis/native \
+ && cp -L "/usr/lib/$(gcc -dumpmachine)/libnghttp2.so.14" /opt/portcullis/native/ \
+ && LD_LIBRARY_PATH=/opt/portcullis/native /opt/portcullis/bin/python -c "import dataplane.http._headparser, dataplane.http2._session" \
  && /opt/portcullis/bin/python -m compileall -q -j 0 /opt/portcullis
 
-# Runtime stage: the same slim Python, the venv, no compiler, no pip cache, no source tree; libnghttp2-14 is
-# the shared library the HTTP/2 server session links to.
+# Runtime stage: the same slim Python, the venv (with libnghttp2, which the HTTP/2 server session links to),
+# no compiler, no pip cache, no source tree, no package manager step.
 FROM python:${PYTHON_VERSION}-slim-bookworm
-RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends libnghttp2-14 >/dev/null \
- && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/portcullis /opt/portcullis
 ENV PATH=/opt/portcullis/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/portcullis/native \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # A numeric non-root user, so Kubernetes can verify runAsNonRoot without a passwd lookup (the chart uses 65532).

@@ -79,3 +79,14 @@ def test_build_context_holds_every_package_pyproject_installs() -> None:
     assert set(allowed) == packages | {"pyproject.toml", "README.md"}
     for name in allowed:
         assert Path(ROOT / name).exists()
+
+
+def test_the_http2_session_finds_libnghttp2_in_the_runtime_stage() -> None:
+    """The runtime stage installs nothing, so the shared library the HTTP/2 extension links to travels in the
+    venv's tree and the loader is pointed there (without it HTTP/2 would silently fall back to HTTP/1.1)."""
+    steps = instructions()
+    build = steps[: max(i for i, (k, _) in enumerate(steps) if k == "FROM")]
+    copied = [rest for k, rest in build if k == "RUN" and "libnghttp2.so.14" in rest]
+    assert copied and "/opt/portcullis/native/" in copied[0]
+    assert "dataplane.http2._session" in copied[0], "the build stage imports the extension with that path"
+    assert "LD_LIBRARY_PATH=/opt/portcullis/native" in dict(final_stage())["ENV"]
