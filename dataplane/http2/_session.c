@@ -29,6 +29,12 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Newer than some libnghttp2 builds (upstream 1.57 and 1.61; Debian 12's 1.52 has them backported): weak, so
+ * the extension also loads where they are missing — there nghttp2 has no such limits to raise. */
+extern void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val) __attribute__((weak));
+extern void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *option, uint64_t burst,
+                                                       uint64_t rate) __attribute__((weak));
+
 enum { EV_REQUEST, EV_DATA, EV_END, EV_CLOSED, EV_GOAWAY, EV_SETTINGS };
 
 #define SID_WINDOW 1024 /* client stream ids remembered as opened or skipped (a bit each) */
@@ -435,8 +441,12 @@ Session_init(SessionObject *self, PyObject *args, PyObject *kwds)
     /* The flood guard in front (guard.py) owns the configurable limits and answers GOAWAY ENHANCE_YOUR_CALM
      * with a metric: nghttp2's own, lower defaults (8 CONTINUATION frames, 1000 resets then 33/s) would end
      * the connection first and silently. Its limits stay as a backstop far above the guard's. */
-    nghttp2_option_set_max_continuations(opt, 4096);
-    nghttp2_option_set_stream_reset_rate_limit(opt, 1000000, 100000);
+    if (nghttp2_option_set_max_continuations != NULL) {
+        nghttp2_option_set_max_continuations(opt, 4096);
+    }
+    if (nghttp2_option_set_stream_reset_rate_limit != NULL) {
+        nghttp2_option_set_stream_reset_rate_limit(opt, 1000000, 100000);
+    }
     /* Closed streams stay known (nghttp2 keeps up to max_concurrent_streams of them) and RFC 7540 PRIORITY
      * frames are still validated: frames on a closed stream and a self-dependency are then the errors
      * RFC 9113 5.1 and 5.3.1 ask for (h2spec 5.1/8-12, 5.3.1/2, 6.3/1). PRIORITY has no other effect. */
