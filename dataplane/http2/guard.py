@@ -172,20 +172,15 @@ class FrameGuard:
             return None
         if kind == WINDOW_UPDATE:
             self._updates += 1
-            if self._updates > limits.max_window_updates_per_second and self._updates > _allowed(
-                    limits.max_window_updates_per_second, self._requests):
-                return WINDOW_UPDATE_FLOOD
-            return None
+            return WINDOW_UPDATE_FLOOD if _over(self._updates, limits.max_window_updates_per_second,
+                                                self._requests) else None
         if kind == PRIORITY:
             self._priorities += 1
-            if self._priorities > limits.max_priority_per_second and self._priorities > _allowed(
-                    limits.max_priority_per_second, self._requests):
-                return PRIORITY_FLOOD
-            return None
+            return PRIORITY_FLOOD if _over(self._priorities, limits.max_priority_per_second, self._requests) else None
         return None
 
 
-def _allowed(base: int, requests: int) -> int:
-    """WINDOW_UPDATE or PRIORITY frames allowed in a window with ``requests`` HEADERS/DATA frames from the client
-    (the module docstring says why)."""
-    return min(base + PER_FRAME_ALLOWANCE * requests, CEILING_FACTOR * base)
+def _over(count: int, base: int, requests: int) -> bool:
+    """Whether ``count`` WINDOW_UPDATE or PRIORITY frames in a window exceed what is allowed with ``requests``
+    HEADERS/DATA frames from the client in it (the module docstring says why)."""
+    return count > base and count > min(base + PER_FRAME_ALLOWANCE * requests, CEILING_FACTOR * base)

@@ -159,13 +159,14 @@ async def test_a_busy_channel_is_not_taken_for_a_window_update_flood(
     import dataplane.http2.guard as guard
 
     beyond_base: list[int] = []
-    allowed = guard._allowed
+    over = guard._over
 
-    def spy(limit: int, requests: int) -> int:
-        beyond_base.append(requests)
-        return allowed(limit, requests)
+    def spy(count: int, limit: int, requests: int) -> bool:
+        if count > limit:
+            beyond_base.append(requests)
+        return over(count, limit, requests)
 
-    monkeypatch.setattr(guard, "_allowed", spy)
+    monkeypatch.setattr(guard, "_over", spy)
     async with running_dataplane(drain_timeout=0.5, h2_max_window_updates_per_second=base) as plane:
         assert plane.apply(grpc_snapshot(pki, backend.endpoint)) == []
         registry = plane.metrics.registry
