@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -191,3 +192,37 @@ async def test_a_busy_channel_is_not_taken_for_a_window_update_flood(
         assert registry.get_sample_value("portcullis_h2_connections_total") == 1
     if base < 1000:
         assert beyond_base, "the client never went past the base rate: the test proved nothing"
+
+
+def with_limits(snap: Snapshot, max_body_size: int = -1, read_timeout: float = 60.0) -> Snapshot:
+    """``snap`` with every route's body limit and every pool's read timeout set."""
+    pools = tuple(replace(p, read_timeout=read_timeout) for p in snap.pools)
+    vhosts = tuple(replace(v, routes=tuple(replace(r, max_body_size=max_body_size) for r in v.routes))
+                   for v in snap.virtual_hosts)
+    return replace(snap, pools=pools, virtual_hosts=vhosts).canonical()
+
+
+async def test_a_request_message_past_the_body_limit_is_resource_exhausted(
+    plane: DataPlane, backend: GRPCBackend, pki: dict[str, CA]
+) -> None:
+    """gRPC calls meet the per-request limits of any request, as in ingress-nginx; the client learns which."""
+    assert plane.apply(with_limits(grpc_snapshot(pki, backend.endpoint), max_body_size=64 * 1024)) == []
+    async with channel(plane, pki) as ch:
+        unary = ch.unary_unary(method("Unary"))
+        assert bytes(await unary(b"x" * 1000, timeout=10)) == b"x" * 1000  # below the limit: served
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(b"x" * (256 * 1024), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.value.code(), err.value.details())
+        assert "too large" in (err.value.details() or "")
+        assert bytes(await unary(b"y", timeout=10)) == b"y"  # the connection still serves
+
+
+async def test_a_backend_silent_past_the_read_timeout_is_unavailable(
+    plane: DataPlane, backend: GRPCBackend, pki: dict[str, CA]
+) -> None:
+    assert plane.apply(with_limits(grpc_snapshot(pki, backend.endpoint), read_timeout=0.5)) == []
+    async with channel(plane, pki) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(method("Sleep"))(b"3", timeout=10)  # the backend answers after 3 s
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (err.value.code(), err.value.details())
+        assert "timed out" in (err.value.details() or "")
