@@ -1,17 +1,18 @@
-"""The HTTP/2 flood guard: a sans-IO pre-scan of a client's frames, before the h2 library sees them.
+"""The HTTP/2 flood guard: a sans-IO pre-scan of a client's frames, before libnghttp2 sees them.
 
 The known HTTP/2 denial-of-service attacks are all cheap frames that cost the server more than the client: streams
 opened and reset at once (rapid reset, CVE-2023-44487), a header block that never ends (CONTINUATION flood,
-CVE-2024-27316: h2 buffers up to 64 CONTINUATION frames and does not bound the bytes before it decodes), SETTINGS
+CVE-2024-27316: the byte bound here applies before any payload arrives), SETTINGS
 and PING frames that each force an ACK, frames that carry nothing (empty DATA, HEADERS or CONTINUATION:
 CVE-2019-9518), PRIORITY floods (CVE-2019-9513) and WINDOW_UPDATE floods. Each needs a count per connection and a
-threshold, which h2 does not keep; so the connection hands every byte from the client to ``FrameGuard.feed`` first
-and, on a violation, sends GOAWAY ENHANCE_YOUR_CALM and closes without giving that data to h2.
+threshold with a metric and a clear GOAWAY (nghttp2's own limits, where it has them, are set
+above these so the guard answers first); so the connection hands every byte from the client to ``FrameGuard.feed`` first
+and, on a violation, sends GOAWAY ENHANCE_YOUR_CALM and closes without giving that data to nghttp2.
 
 Reading frame headers only (9 bytes each, RFC 9113 4.1) keeps the cost one small step per frame whatever the
 payload size; payloads are skipped, never copied. Rates are counted in one-second windows (a fixed window may
 let up to twice a limit through across a window edge: the limits are far above honest traffic and far below
-what an attack needs). The guard decides nothing about validity: h2 still checks every frame it is given.
+what an attack needs). The guard decides nothing about validity: nghttp2 still checks every frame it is given.
 
 WINDOW_UPDATE and PRIORITY are counted relative to the client's own requests, because honest clients send them
 in proportion to their traffic: grpcio answers every message with WINDOW_UPDATEs (about two per unary call, so a
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": h2 checks its bytes, the guard only skips it
+PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": nghttp2 checks its bytes, the guard only skips it
 FRAME_HEADER = 9
 # Frame types (RFC 9113 6) and flags the guard looks at.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING = 0, 1, 2, 3, 4, 5, 6
@@ -84,6 +85,11 @@ class FrameGuard:
         self._priorities = self._requests = 0  # _requests: HEADERS and DATA frames, the allowance's basis
         self.violation: str | None = None
 
+    def _empty_frame(self) -> str | None:
+        """One more frame without payload that ends nothing (CVE-2019-9518): a violation past the limit."""
+        self._empty += 1
+        return EMPTY_FRAMES if self._empty > self._limits.max_empty_frames_per_second else None
+
     def feed(self, data: bytes, now: float) -> str | None:
         """Scan the next bytes from the client (``now``: a monotonic clock in seconds)."""
         if self.violation is not None:
@@ -128,33 +134,21 @@ class FrameGuard:
         limits = self._limits
         if kind == DATA:
             self._requests += 1
-            if not length and not flags & END_STREAM:
-                self._empty += 1
-                if self._empty > limits.max_empty_frames_per_second:
-                    return EMPTY_FRAMES
-            return None
+            return self._empty_frame() if not length and not flags & END_STREAM else None
         if kind in (HEADERS, PUSH_PROMISE):
             self._requests += 1
             self._block_bytes = length  # a header block starts (its CONTINUATIONs add to it)
             self._block_frames = 0
             if length > self._max_block:
                 return CONTINUATION_FLOOD
-            if not length:
-                self._empty += 1
-                if self._empty > limits.max_empty_frames_per_second:
-                    return EMPTY_FRAMES
-            return None
+            return None if length else self._empty_frame()
         if kind == CONTINUATION:
-            # Outside a block h2 raises a protocol error itself; inside, count before any payload arrives.
+            # Outside a block nghttp2 raises a protocol error itself; inside, count before any payload arrives.
             self._block_bytes += length
             self._block_frames += 1
             if self._block_frames > limits.max_continuation_frames or self._block_bytes > self._max_block:
                 return CONTINUATION_FLOOD
-            if not length:
-                self._empty += 1
-                if self._empty > limits.max_empty_frames_per_second:
-                    return EMPTY_FRAMES
-            return None
+            return None if length else self._empty_frame()
         if kind == RST_STREAM:
             self._resets += 1
             return RAPID_RESET if self._resets > limits.max_resets_per_second else None
