@@ -1,9 +1,12 @@
 //go:build tools
 
-// Package tools pins the commands the e2e rig builds, so `go mod tidy` keeps their dependencies in go.mod/go.sum.
+// Package tools pins the commands the e2e rig builds (control plane and node), so `go mod tidy` keeps their dependencies in go.mod/go.sum.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
