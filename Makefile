@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench clean
+.PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench image clean
 
 # setup.py builds the C extensions; a change to one reinstalls. build-deps: a C compiler, Python and nghttp2 headers.
 $(BIN)/portcullis: pyproject.toml setup.py dataplane/http/_headparser.c dataplane/http2/_session.c | build-deps
@@ -23,7 +24,7 @@ system-deps:
 	bash scripts/install-system-deps
 
 lint: install
-	$(BIN)/ruff check controller dataplane examples bench tests e2e
+	$(BIN)/ruff check controller dataplane examples bench tests e2e deploy
 	$(BIN)/mypy
 
 typecheck: lint
@@ -51,6 +52,13 @@ local: install
 
 bench: install
 	bash bench/run
+
+# The image users get and the e2e tier runs, built without Docker or any daemon (deploy/image/build.py): Debian
+# bookworm packages and the locked wheels, the C extensions compiled with Debian's python3.11 headers, reproducible
+# (same inputs, same digest). Runs chroot (as root; else in a user namespace); prints NAME, DIGEST, SIZE, ARCHIVE.
+image: install
+	bash scripts/install-build-deps /usr/bin/python3.11
+	$(BIN)/python deploy/image/build.py portcullis --out dist/portcullis-$(VERSION).oci.tar
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
