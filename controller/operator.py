@@ -191,6 +191,10 @@ def build_registry(reconciler: Reconciler, inputs: IndexedInputs, config: Contro
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.peering.standalone = True
+        # Only built-in kinds, in exact namespaces or cluster-wide: nothing to discover. kopf's scanning lists
+        # namespaces and CustomResourceDefinitions, which the chart's least-privilege RBAC does not grant; on a
+        # real cluster it failed with 403s and its retries delayed the first snapshot by about a minute.
+        settings.scanning.disabled = True
         # A frozen apiserver must fail calls, not hang them (watch streams have inactivity_timeout);
         # listings come in pages so that a page fits in the timeout at scale.
         settings.networking.request_timeout = config.api_timeout

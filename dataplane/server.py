@@ -21,6 +21,7 @@ from typing import Any
 from dataplane.access_log import FORMATS as ACCESS_LOG_FORMATS
 from dataplane.admin import AdminConfigError
 from dataplane.http.parser import PARSER_IMPLEMENTATION
+from dataplane.http2._session import NGHTTP2_VERSION
 from dataplane.http2.guard import CEILING_FACTOR, PER_FRAME_ALLOWANCE
 from dataplane.limits import default_max_connections
 from dataplane.runtime import DataPlane, DataPlaneConfig
@@ -283,7 +284,9 @@ def _runner(main: Coroutine[Any, Any, int]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
-    log.info("HTTP request-head parser: %s", PARSER_IMPLEMENTATION, extra={"http_parser": PARSER_IMPLEMENTATION})
+    # Says which native parts run: an image or install without the compiled extensions is visible at once.
+    log.info("HTTP request-head parser: %s; HTTP/2 session: libnghttp2 %s", PARSER_IMPLEMENTATION, NGHTTP2_VERSION,
+             extra={"http_parser": PARSER_IMPLEMENTATION, "nghttp2": NGHTTP2_VERSION})
     if not 1 <= args.workers <= 256:
         print(f"error: --workers {args.workers}: give 1 to 256 serving processes", file=sys.stderr)
         return 2
