@@ -55,14 +55,16 @@ def _target_from_env() -> ExternalTarget:
 class ClusterEdge:
     local = False
 
-    def __init__(self, cluster: Cluster, namespace: str, work_dir: Path) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, work_dir: Path, target: ExternalTarget | None = None,
+                 ingress_class: str | None = None, image: str | None = None) -> None:
+        """Unset arguments come from the environment (the kind path); the rig's node passes them."""
         self.cluster = cluster
         self.kube: Kube = cluster.kube
         self.namespace = namespace
         self.work_dir = work_dir
-        self.ingress_class = os.environ.get("PORTCULLIS_E2E_INGRESS_CLASS", "portcullis")
-        self.image = os.environ.get("PORTCULLIS_E2E_BACKEND_IMAGE", "portcullis-e2e-backend:e2e")
-        self.target = _target_from_env()
+        self.ingress_class = ingress_class or os.environ.get("PORTCULLIS_E2E_INGRESS_CLASS", "portcullis")
+        self.image = image or os.environ.get("PORTCULLIS_E2E_BACKEND_IMAGE", "portcullis-e2e-backend:e2e")
+        self.target = target or _target_from_env()
         self.controllers: dict[str, Any] = {}
 
     def require_local(self, why: str) -> None:

@@ -9,6 +9,7 @@ nothing here skips because the rig is missing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -24,6 +25,7 @@ from e2e.cluster_edge import ClusterEdge
 from e2e.harness import Edge
 from e2e.kube import Cluster, Kube, api_client
 from e2e.netns import PodFactory
+from e2e.node import Node, NodeError, build_images, node_up
 
 E2E = Path(__file__).resolve().parent
 UP, DOWN = E2E / "cluster" / "up", E2E / "cluster" / "down"
@@ -36,6 +38,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         subprocess.run([str(UP), "--build-only"], capture_output=True, timeout=3600, check=False)
+    if any("node" in getattr(item, "fixturenames", ()) for item in session.items):
+        # The images too (first run: a few minutes); a failure is reported by the ``node`` fixture, which builds again.
+        with contextlib.suppress(Exception):
+            build_images()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -131,6 +137,39 @@ def cluster() -> Iterator[Cluster]:
             keep = os.environ.get("PORTCULLIS_E2E_KEEP") == "1"
             if not keep and (state / "owned-by-tests").exists() and _flock(users, fcntl.LOCK_EX, timeout=0):
                 _rig_down(state)  # we are the last user of a rig that a test session started
+
+
+FIGURES = pytest.StashKey[list[str]]()  # measured on the node (time to first answer, requests held)
+
+
+@pytest.fixture(scope="session")
+def figures(request: pytest.FixtureRequest) -> list[str]:
+    """Lines printed in the session summary: the figures the node tier measures."""
+    return request.config.stash.setdefault(FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.section("figures measured on the rig's node")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster, figures: list[str]) -> Node:
+    """The rig's real node (kubelet, containerd, kube-proxy, kube-scheduler) with the images built here imported;
+    removed with the rig (e2e/cluster/down)."""
+    if not cluster.local_rig:  # only with KUBECONFIG at another cluster (the kind path)
+        pytest.skip("the node tier builds and runs its own node beside the local rig (KUBECONFIG is set)")
+    assert cluster.state_dir is not None, "the local rig always has a state directory"
+    try:
+        found = node_up(cluster.state_dir, build_images())
+    except NodeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    how = "started" if found.started else "reused"
+    figures.append(f"node-up: {found.seconds_to_ready:.1f} s to a Ready node ({how}, images imported)")
+    return found
 
 
 @pytest.fixture(scope="session")
