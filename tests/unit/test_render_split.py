@@ -1,25 +1,29 @@
-"""The plan/merge split of the renderer changed no byte: today's ``render`` against the one it replaced.
+"""The renderer against golden files: ``deploy/examples`` and generated worlds of a few hundred Ingresses that hit
+every mode, annotation family, conflict kind, missing and broken reference must give, byte for byte, the snapshot
+JSON and the problems recorded in ``golden/render/``.
 
-The reference is ``controller/render.py`` as it was at ``REFERENCE`` (before planning moved to
-``controller/plan.py`` and merging to ``controller/merge.py``), loaded from git into a scratch
-module. Both run over the same inputs — ``deploy/examples`` and generated worlds of a few hundred
-Ingresses that hit every mode, annotation family, conflict kind, missing and broken reference —
-and must give the same snapshot JSON and the same problems. Both import today's annotations,
-certificates, backends and conformance modules, so only the renderer's own code is compared.
-A deliberate behaviour change of the renderer moves ``REFERENCE`` to the commit that made it.
+The golden files were recorded from the renderer after the plan/merge split, which gave on every case here the same
+bytes and problems as the renderer the split replaced (``controller/render.py`` at cd14781, the reference this test
+once loaded from git). They live in the tree, not in git history, so the suite passes on a source tarball
+(``git archive``, a distribution's build) as in a clone.
+
+``golden/render/inputs.sha256`` holds a digest of each case's inputs and config: when an input moves (an example
+edited, the generator changed) the test says so instead of blaming the renderer. The generator draws only from
+``random.Random.random()``, the one draw Python promises to keep across versions for a seed, so a packager's
+Python generates the same worlds. A deliberate behaviour change (or a changed input) rewrites the files with
+``.venv/bin/python -m tests.unit.test_render_split`` and the diff is reviewed with the change.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
+import json
 import random
-import shutil
-import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,30 +34,13 @@ from controller.render import RenderConfig, render
 from dataplane.snapshot import Snapshot, validate
 from tests.unit import objects as k
 
-REFERENCE = "cd14781"
 ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "golden" / "render"
+DIGESTS = GOLDEN / "inputs.sha256"
 P = "portcullis.io/"
 NGINX = "nginx.ingress.kubernetes.io/"
 NS = "demo"
-Render = Callable[..., tuple[Snapshot, list[Problem]]]
-
-
-@pytest.fixture(scope="module")
-def reference_render(tmp_path_factory: pytest.TempPathFactory) -> Render:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.fail("needs git and the repository's history to load the reference renderer (a clone, not an export)")
-    source = subprocess.run(["git", "show", f"{REFERENCE}:controller/render.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = tmp_path_factory.mktemp("reference") / "render_reference.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("render_reference", path)
-    assert spec is not None and spec.loader is not None
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    sys.modules["render_reference"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    assert module.render is not render
-    result: Render = module.render
-    return result
+T = TypeVar("T")
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -91,8 +78,8 @@ _ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (P + "backend-verify-depth", ("3", "11")),
     (P + "unknown-thing", ("x",)),
     (NGINX + "ssl-passthrough", ("true", "false")),
-    # GRPC/GRPCS and portcullis.io/backend-protocol, http2 (issue 13) are new behaviour the reference lacks:
-    # test_render_backend_protocol.py covers them; AJP keeps the refused-value path exercised.
+    # GRPC/GRPCS and portcullis.io/backend-protocol, http2 (issue 13) came after the split, whose reference renderer
+    # lacked them: test_render_backend_protocol.py covers them; AJP keeps the refused-value path exercised.
     (NGINX + "backend-protocol", ("HTTPS", "HTTP", "AJP")),
     (NGINX + "proxy-ssl-secret", ("demo/example-ca", "demo/bridge-tls", "other/example-ca")),
     (NGINX + "proxy-ssl-verify", ("on", "off")),
@@ -111,8 +98,8 @@ _SERVICES = ("web", "secure-web", "tls-app", "nothing-ready", "missing")
 
 
 def _backends() -> list[dict[str, Any]]:
-    # No appProtocol kubernetes.io/h2c port: it selects HTTP/2 (issue 13), new behaviour the reference lacks;
-    # test_render_backend_protocol.py covers it. Every port here renders the same by both.
+    # No appProtocol kubernetes.io/h2c port: it selects HTTP/2 (issue 13), which came after the split (the worlds
+    # were checked then against the renderer before it); test_render_backend_protocol.py covers it.
     return [
         k.service("web", namespace=NS), k.endpoints("web", "10.0.0.1", "10.0.0.2", namespace=NS),
         k.service("secure-web", port=443, port_name="https", app_protocol="https", namespace=NS),
@@ -128,7 +115,31 @@ def _secrets() -> list[dict[str, Any]]:
     return [o for o in _examples() if o["kind"] == "Secret"]
 
 
-def _random_ingress(rng: random.Random, index: int, hosts: tuple[str, ...]) -> dict[str, Any]:
+class _Draw:
+    """Choices from ``random.Random.random()`` alone: ``choice``, ``sample`` and ``randrange`` are free to change
+    between Python versions for a seed, ``random()`` is not (the ``random`` module's reproducibility note)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def random(self) -> float:
+        return self._rng.random()
+
+    def below(self, n: int) -> int:
+        return min(int(self._rng.random() * n), n - 1)
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[self.below(len(seq))]
+
+    def sample(self, seq: Sequence[T], n: int) -> list[T]:
+        pool = list(seq)
+        for i in range(n):  # a partial Fisher-Yates shuffle: n distinct items
+            j = i + self.below(len(pool) - i)
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:n]
+
+
+def _random_ingress(rng: _Draw, index: int, hosts: tuple[str, ...]) -> dict[str, Any]:
     def port(service: str) -> int | str:
         return rng.choice({"web": (80, "http", 81), "secure-web": (443, "https"), "tls-app": (443, "tls")}
                           .get(service, (80,)))
@@ -156,7 +167,7 @@ def _random_ingress(rng: random.Random, index: int, hosts: tuple[str, ...]) -> d
         service = rng.choice(_SERVICES)
         spec["defaultBackend"] = {"service": {"name": service, "port": _port(port(service))}}
     annotations = {key: rng.choice(values) for key, values in rng.sample(_ANNOTATIONS, rng.choice((0, 1, 2, 4, 7)))}
-    day = rng.randrange(1, 28)
+    day = 1 + rng.below(27)
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": f"ing-{index}", "namespace": NS, "annotations": annotations,
                          "creationTimestamp": f"2026-01-{day:02d}T00:00:00Z"},
@@ -169,35 +180,115 @@ def _port(value: int | str) -> dict[str, Any]:
 
 def _world(seed: int, count: int, host_count: int) -> list[dict[str, Any]]:
     """``host_count`` small: most Ingresses fight over the same hosts; large: most hosts are served."""
-    rng = random.Random(seed)
+    rng = _Draw(seed)
     hosts = tuple(f"h{i}.portcullis.test" for i in range(host_count)) + _ODD_HOSTS
     return [*_backends(), *_secrets(), *(_random_ingress(rng, i, hosts) for i in range(count))]
-
-
-def _both(objs: list[dict[str, Any]], reference: Render, config: RenderConfig) -> tuple[str, list[Problem]]:
-    inputs, _ = Inputs.from_objects(objs)
-    snapshot, problems = render(inputs, config)
-    expected_snapshot, expected_problems = reference(inputs, config)
-    assert problems == expected_problems
-    assert snapshot.to_json() == expected_snapshot.to_json()
-    assert validate(snapshot, check_pem=False) == []
-    return snapshot.to_json(), problems
 
 
 CONFIGS = (RenderConfig(), RenderConfig(default_certificate="demo/edge-tls", now=1_800_000_000),
            RenderConfig(watch_namespaces=("demo",), default_certificate="demo/missing"))
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_examples_render_as_before_the_split(reference_render: Render, config: RenderConfig) -> None:
-    _both(_examples(), reference_render, config)
+@dataclass(frozen=True)
+class Case:
+    name: str
+    objects: list[dict[str, Any]]
+    config: RenderConfig
+
+    def digest(self) -> str:
+        text = json.dumps(self.objects, sort_keys=True, separators=(",", ":")) + "\n" + repr(self.config)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.mark.parametrize(("seed", "host_count"), [(seed, hosts) for seed in range(3) for hosts in (12, 400)])
-def test_generated_worlds_render_as_before_the_split(reference_render: Render, seed: int, host_count: int) -> None:
-    text, problems = _both(_world(seed, 300, host_count), reference_render, CONFIGS[seed % len(CONFIGS)])
+def _example_case(index: int) -> Case:
+    return Case(f"examples-{index}", _examples(), CONFIGS[index])
+
+
+def _world_case(seed: int, host_count: int) -> Case:
+    return Case(f"world-{seed}-{host_count}", _world(seed, 300, host_count), CONFIGS[seed % len(CONFIGS)])
+
+
+EXAMPLES = range(len(CONFIGS))
+WORLDS = [(seed, hosts) for seed in range(3) for hosts in (12, 400)]
+
+
+def _all_cases() -> list[Case]:
+    return [*map(_example_case, EXAMPLES), *(_world_case(seed, hosts) for seed, hosts in WORLDS)]
+
+
+def _problem_lines(problems: list[Problem]) -> str:
+    """One problem a line, so a behaviour change reads as a diff of problems."""
+    return "".join(json.dumps([p.obj.kind, p.obj.namespace, p.obj.name, p.severity, p.reason, p.field, p.message])
+                   + "\n" for p in problems)
+
+
+def _rendered(case: Case) -> tuple[Snapshot, str, str]:
+    """The snapshot, and the two golden texts: indented snapshot JSON (its canonical form, indented so a change
+    is a readable diff) and the problem lines."""
+    inputs, _ = Inputs.from_objects(case.objects)
+    snapshot, problems = render(inputs, case.config)
+    return snapshot, snapshot.to_json(indent=1) + "\n", _problem_lines(problems)
+
+
+def _recorded_digests() -> dict[str, str]:
+    lines = DIGESTS.read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines)}
+
+
+def _check(case: Case) -> str:
+    recorded = _recorded_digests().get(case.name)
+    assert recorded == case.digest(), (
+        f"the inputs of {case.name} are not those the golden files were recorded from (an example or the generator "
+        "changed): re-record with `python -m tests.unit.test_render_split` and review the diff")
+    snapshot, snapshot_text, problem_text = _rendered(case)
+    assert problem_text.splitlines() == (GOLDEN / f"{case.name}.problems.jsonl").read_text().splitlines()
+    golden_snapshot = (GOLDEN / f"{case.name}.snapshot.json").read_text()
+    if snapshot_text != golden_snapshot:  # a structural diff names the field; the text check below the bytes
+        assert json.loads(snapshot_text) == json.loads(golden_snapshot)
+    assert snapshot_text == golden_snapshot
+    assert validate(snapshot, check_pem=False) == []
+    return snapshot_text
+
+
+@pytest.mark.parametrize("index", EXAMPLES)
+def test_examples_render_as_recorded(index: int) -> None:
+    _check(_example_case(index))
+
+
+@pytest.mark.parametrize(("seed", "host_count"), WORLDS)
+def test_generated_worlds_render_as_recorded(seed: int, host_count: int) -> None:
+    case = _world_case(seed, host_count)
+    text = _check(case)
     # the generated world really exercises the renderer: hosts of every mode served, many kinds of problem
     assert text.count('"host"') > 10
     if host_count > 100:
-        assert '"mode":"passthrough"' in text and '"client_auth":{' in text and '"tls":{' in text
-    assert len({p.reason for p in problems}) > 15
+        assert '"mode": "passthrough"' in text and '"client_auth": {' in text and '"tls": {' in text
+    reasons = {json.loads(line)[4] for line in (GOLDEN / f"{case.name}.problems.jsonl").read_text().splitlines()}
+    assert len(reasons) > 15
+
+
+def test_every_golden_file_belongs_to_a_case() -> None:
+    """A case renamed or dropped leaves no stale golden file behind that nothing checks."""
+    names = {case.name for case in _all_cases()}
+    expected = {"inputs.sha256"} | {f"{n}.{kind}" for n in names for kind in ("snapshot.json", "problems.jsonl")}
+    assert {p.name for p in GOLDEN.iterdir()} == expected
+    assert set(_recorded_digests()) == names
+
+
+def write_golden() -> None:
+    """Re-record every golden file from today's renderer (after a deliberate behaviour change; review the diff)."""
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    for stale in GOLDEN.iterdir():
+        stale.unlink()
+    digests = []
+    for case in _all_cases():
+        _, snapshot_text, problem_text = _rendered(case)
+        (GOLDEN / f"{case.name}.snapshot.json").write_text(snapshot_text)
+        (GOLDEN / f"{case.name}.problems.jsonl").write_text(problem_text)
+        digests.append(f"{case.digest()}  {case.name}\n")
+    DIGESTS.write_text("".join(digests))
+    print(f"recorded {len(digests)} cases in {GOLDEN.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    write_golden()
