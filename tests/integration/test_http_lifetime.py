@@ -1,14 +1,13 @@
 """A connection's lifetime in the HTTP engine: per-request routing across applies, TLS-row changes,
-timeouts, body limits, HTTP/1.0 without Host, client-certificate policy. Real sockets, real clients."""
+body limits, HTTP/1.0 without Host, client-certificate policy. Real sockets, real clients.
+(Its timeouts, on a virtual clock: ``test_http_timeouts.py``.)"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
 
 from dataplane.http.connection import ConnectionInfo, HTTPProtocol
@@ -32,28 +31,14 @@ from tests.integration.conftest import certificate, client_context
 from tests.integration.http_fixtures import (
     LOCAL,
     Client,
-    RawBackend,
     pool,
     proxy,
-    read_response,
     snapshot,
     start_echo,
-    start_raw,
-    vhost,
 )
 from tests.pki import CA
 
 LOOPS = ("asyncio", "uvloop")
-TIMEOUTS = "portcullis_http_timeouts_total"
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Wait (bounded) for a condition; returns the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def eof_or_reset(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
@@ -235,108 +220,6 @@ async def test_idle_connection_closed_at_apply_when_client_auth_added(
         await client.close()
     finally:
         await backend.close()
-
-
-# --- timeouts ----------------------------------------------------------------------------------
-
-
-async def test_client_send_timeout_closes_both_sides_others_served() -> None:
-    backend = await start_echo()
-    settings = HTTPSettings(client_send_timeout=0.5)
-    async with proxy(snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint)]),
-                     settings=settings) as px:
-        stuck = []
-        for _ in range(3):  # clients that ask for 16 MiB and read nothing
-            reader, writer = await asyncio.open_connection(LOCAL, px.port, limit=1 << 16)
-            writer.transport.set_write_buffer_limits(0)
-            writer.write(b"GET /bytes/16777216 HTTP/1.1\r\nHost: app.test\r\n\r\n")
-            stuck.append((reader, writer))
-            reader._transport.pause_reading()  # type: ignore[attr-defined]
-        other = await Client.open(px.port)
-        assert (await other.get("/meanwhile")).status == 200
-        took = await until(lambda: px.metric(TIMEOUTS, reason="client_send") >= 3)
-        assert 0.3 < took < 8
-        assert (await other.get("/after")).status == 200
-        for reader, writer in stuck:
-            reader._transport.resume_reading()  # type: ignore[attr-defined]
-            assert await eof_or_reset(reader)
-            writer.close()
-        await other.close()
-    backend.close()
-
-
-async def test_client_body_timeout_408_and_trickle() -> None:
-    backend = await start_echo()
-    settings = HTTPSettings(client_body_timeout=0.4)
-    async with proxy(snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint)]),
-                     settings=settings) as px:
-        client = await Client.open(px.port)
-        await client.send(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n")
-        for _ in range(4):  # bytes arriving within the timeout keep the request alive
-            await client.send(b"x")
-            await asyncio.sleep(0.2)
-        started = time.monotonic()
-        r = await read_response(client.reader)
-        assert r.status == 408 and r.header("connection") == "close"
-        assert 0.2 < time.monotonic() - started < 5
-        assert px.metric(TIMEOUTS, reason="client_body") == 1
-        assert await client.closed()
-        ok = await Client.open(px.port)
-        await ok.send(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc")
-        assert (await ok.response()).json()["body_len"] == 3
-        await ok.close()
-    backend.close()
-
-
-async def test_upgrade_idle_timeout() -> None:
-    backend = await start_echo()
-    settings = HTTPSettings(upgrade_idle_timeout=0.5)
-    async with proxy(snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint)]),
-                     settings=settings) as px:
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            f"http://{LOCAL}:{px.port}/ws", headers={"Host": "app.test"}, autoping=False, heartbeat=None
-        ) as ws:
-            for i in range(3):  # traffic within the timeout keeps it open
-                await ws.send_str(f"m{i}")
-                assert (await ws.receive(timeout=5)).data == f"echo:m{i}"
-                await asyncio.sleep(0.3)
-            started = time.monotonic()
-            msg = await ws.receive(timeout=10)
-            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
-            assert time.monotonic() - started < 5
-        assert px.metric(TIMEOUTS, reason="upgrade_idle") == 1
-    backend.close()
-
-
-async def test_upstream_send_timeout_504() -> None:
-    stop = asyncio.Event()
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: RawBackend) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await stop.wait()  # reads nothing more: the request body backs up
-
-    backend = await start_raw(script)
-    settings = HTTPSettings(max_body_size=0, max_body_buffer=64 * 1024)
-    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint, send_timeout=0.5)])
-    async with proxy(snap, settings=settings) as px:
-        client = await Client.open(px.port)
-        total = 64 * 1024 * 1024
-        client.writer.write(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % total)
-        upload = asyncio.create_task(_upload(client, total))
-        r = await read_response(client.reader)
-        assert r.status == 504
-        assert px.metric(TIMEOUTS, reason="upstream_send") == 1
-        upload.cancel()
-        await asyncio.gather(upload, return_exceptions=True)
-        await client.close()
-    stop.set()
-    backend.close()
-
-
-async def _upload(client: Client, total: int) -> None:
-    piece = b"x" * (1 << 20)
-    for _ in range(total // len(piece)):
-        await client.send(piece)
 
 
 # --- body limits ---------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
 from tests.integration.http_fixtures import pool, snapshot, vhost
 from tests.unit.test_http_protocol import FakeTransport, make_rig
+from tests.virtual_clock import virtual_clock
+from tests.waiting import eventually
 
 EP = Endpoint("127.0.0.1", 9)  # never connected to: the backend connection runs on a fake transport
 
@@ -251,8 +253,7 @@ async def test_a_reset_stream_is_a_502_and_the_connection_stays_usable(h2rig: H2
 async def test_an_upgrade_request_is_refused_with_502(h2rig: H2Rig) -> None:
     proto, client = h2rig.client()
     proto.data_received(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await eventually(lambda: client.writes, what="the refusal")  # reported on a later loop turn
     out = client.take()
     assert out.startswith(b"HTTP/1.1 502 ") and b"upgrade is not supported to an HTTP/2 backend" in out
     assert not any(isinstance(e, RequestReceived) for e in h2rig.pump())
@@ -375,30 +376,30 @@ async def test_a_large_request_body_waits_for_the_backends_window() -> None:
 
 
 async def test_an_idle_connection_closes_after_the_idle_timeout() -> None:
-    rig = await make_h2_rig(settings=HTTPSettings(upstream_idle_timeout=0.05))
-    stream, _ = started(rig)
-    await asyncio.sleep(0.1)
-    assert not rig.conn.closed  # a stream is open: not idle
-    stream.abort()
-    for _ in range(100):
-        if rig.conn.closed:
-            break
-        await asyncio.sleep(0.01)
-    assert rig.conn.closed and rig.wire.closed and not rig.upstream._conns.get(EP)
+    with virtual_clock() as clock:
+        rig = await make_h2_rig(settings=HTTPSettings(upstream_idle_timeout=30.0))
+        stream, _ = started(rig)
+        await clock.advance(40)  # past the idle timeout, within the read timeout (60 s)
+        assert not rig.conn.closed  # a stream is open: not idle
+        stream.abort()
+        await clock.advance(25)
+        assert not rig.conn.closed  # idle, not yet for the whole timeout
+        await clock.advance(10)
+        assert rig.conn.closed and rig.wire.closed and not rig.upstream._conns.get(EP)
 
 
 async def test_the_read_timeout_is_a_504() -> None:
-    rig = await make_h2_rig()
-    object.__setattr__(rig.upstream, "spec", pool("p", EP, protocol="h2", read_timeout=0.05))
-    _, sink = started(rig)
-    rig.pump()
-    for _ in range(100):
-        if sink.lost:
-            break
-        await asyncio.sleep(0.01)
-    assert sink.lost == (504, "read_timeout")
-    assert any(isinstance(e, StreamReset) for e in rig.pump())
-    rig.conn.close()
+    with virtual_clock() as clock:
+        rig = await make_h2_rig()
+        object.__setattr__(rig.upstream, "spec", pool("p", EP, protocol="h2", read_timeout=30.0))
+        _, sink = started(rig)
+        rig.pump()
+        await clock.advance(25)
+        assert sink.lost is None
+        await clock.advance(10)
+        assert sink.lost == (504, "read_timeout")
+        assert any(isinstance(e, StreamReset) for e in rig.pump())
+        rig.conn.close()
 
 
 async def test_a_get_lost_to_goaway_is_retried_on_a_fresh_connection(h2rig: H2Rig) -> None:
@@ -412,10 +413,7 @@ async def test_a_get_lost_to_goaway_is_retried_on_a_fresh_connection(h2rig: H2Ri
     h2rig.pump()
     # The retry connects anew (to EP, where nothing listens): the answer is that connect's error, not the
     # GOAWAY's, and the connect was really attempted.
-    for _ in range(200):
-        if client.writes:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: client.writes, what="an answer to the retried GET")
     out = client.take()
     assert out.startswith(b"HTTP/1.1 502 ") and b"went away" not in out, out
     assert h2rig.metrics.registry.get_sample_value(
