@@ -37,8 +37,10 @@ class LeaseConfig:
     namespace: str
     name: str
     identity: str
-    duration: float = 10.0
-    renew_deadline: float = 7.0
+    # client-go's and kube-controller-manager's defaults: an 8 s apiserver outage (a control-plane upgrade) that
+    # begins just after a renewal costs no leadership; any outage shorter than deadline - retry - 0.5 s (7.5 s) none
+    duration: float = 15.0
+    renew_deadline: float = 10.0
     retry: float = 2.0
 
     @property

@@ -65,13 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("leader-election", "true").lower() == "true")
     add("--lease-namespace", default=_env("lease-namespace", ""), help="default: the data-plane Service's namespace")
     add("--lease-name", default=_env("lease-name", "portcullis-controller"))
-    add("--lease-duration", type=float, default=float(_env("lease-duration", "10")), metavar="SECONDS",
-        help="a standby takes an unreleased Lease over after seeing it unchanged this long")
-    add("--renew-deadline", type=float, default=float(_env("renew-deadline", "7")), metavar="SECONDS",
+    # client-go's and kube-controller-manager's defaults (15, 10, 2): an apiserver outage of a control-plane upgrade
+    # must not cost the leadership, as it costs none of the control plane's own controllers.
+    add("--lease-duration", type=float, default=float(_env("lease-duration", "15")), metavar="SECONDS",
+        help="a standby takes an unreleased Lease over after seeing it unchanged this long (client-go's default)")
+    add("--renew-deadline", type=float, default=float(_env("renew-deadline", "10")), metavar="SECONDS",
         help="the leader stops leading when no renewal succeeded this long (below --lease-duration); "
-             "every apiserver call times out after half of it")
+             "every apiserver call times out after half of it (client-go's default)")
     add("--retry-period", type=float, default=float(_env("retry-period", "2")), metavar="SECONDS",
-        help="how often the leader renews and standbys try to acquire")
+        help="how often the leader renews and standbys try to acquire (client-go's default)")
     add("--webhook-port", type=int, default=int(_env("webhook-port", "0")), help="0: admission webhook off")
     add("--webhook-cert-file", default=_env("webhook-cert-file", ""))
     add("--webhook-key-file", default=_env("webhook-key-file", ""))

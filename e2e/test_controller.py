@@ -25,7 +25,7 @@ from tests.pki import CA, Issued
 
 AnyEdge = Edge | ClusterEdge
 CHANGE_BOUND = 3.0   # the issue: traffic, deletions and rotations take effect within 3 s
-TAKEOVER_BOUND = 15.0
+TAKEOVER_BOUND = 20.0  # a SIGKILLed leader: the standby waits the lease out (15 s), plus its retry period
 PUSHED = "portcullis.publisher pushed"  # the controller's log line for a snapshot a data plane accepted
 
 
