@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
@@ -16,19 +15,13 @@ from controller.render import RenderConfig, render
 from dataplane.runtime import DataPlane
 from dataplane.snapshot import Snapshot
 from tests.integration.conftest import TOKEN
+from tests.waiting import eventually
 
 
 def examples() -> tuple[Inputs, Snapshot]:
     inputs, _ = Inputs.from_objects(load_paths(["deploy/examples"]))
     snapshot, _ = render(inputs, RenderConfig())
     return inputs, snapshot
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_publisher_pushes_and_repairs_drift(dataplane: DataPlane) -> None:
@@ -104,8 +97,12 @@ async def test_a_replica_that_is_not_leading_fills_only_empty_data_planes(datapl
 
         other = Snapshot(generation=dataplane.generation + 1).canonical()
         assert dataplane.apply(other) == []
-        await asyncio.sleep(0.5)  # five resyncs: a non-leader must leave a data plane with a snapshot alone
-        assert dataplane.checksum == other.checksum
+        worker = publisher.workers["127.0.0.1"]
+        await eventually(lambda: worker.confirmed == other.checksum)  # a resync saw the drift...
+        for _ in range(3):  # ...and that one and the next ones ended (each clears ``wake`` as it starts the next)
+            worker.wake.set()
+            await eventually(lambda: not worker.wake.is_set())
+        assert dataplane.checksum == other.checksum  # a non-leader leaves a data plane with a snapshot alone
 
         leading = True  # leadership regained: the leader repairs drift as usual
         await eventually(lambda: dataplane.checksum == snapshot.checksum)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
@@ -19,6 +19,7 @@ from dataplane.runtime import DataPlane
 from dataplane.snapshot import Certificate, Snapshot
 from tests.integration.conftest import TOKEN, certificate, common_name, server_certificate, terminate_host
 from tests.pki import CA
+from tests.waiting import eventually
 
 HOSTS = ("a.example.com", "b.example.com", "c.example.com", "d.example.com")
 
@@ -106,13 +107,6 @@ async def test_delta_rebuilds_the_rendered_snapshot_or_is_refused(
     assert await served(dataplane, "c.example.com") == "c.example.com"
     sent = json.loads(zlib.decompress(delta, 16 + zlib.MAX_WBITS))
     assert [c["id"] for c in sent["snapshot"]["certificates"]] == [certs["c.example.com"].id]  # a's stayed home
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_publisher_sends_deltas_and_falls_back_to_a_full_push(
