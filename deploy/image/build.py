@@ -105,7 +105,8 @@ def labels(title: str, *, image_version: str = "", description: str = "") -> dic
     return {"org.opencontainers.image.title": title,
             "org.opencontainers.image.version": image_version or version(),
             "org.opencontainers.image.description": description or project["description"],
-            "org.opencontainers.image.licenses": project["license"]["text"]}
+            # pyproject's `license` is an SPDX expression (PEP 639), which is what this label holds.
+            "org.opencontainers.image.licenses": project["license"]}
 
 
 def image_config(kind: str) -> oci.ImageConfig:

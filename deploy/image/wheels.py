@@ -28,8 +28,9 @@ DIST_PACKAGES = "usr/local/lib/python3.11/dist-packages"
 PLATFORMS: tuple[str, ...] = (*(f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)), "manylinux2014_x86_64")
 TARGET: tuple[str, ...] = (*(arg for p in PLATFORMS for arg in ("--platform", p)),
                            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
-# Inputs of the project wheel (what setuptools reads), copied to a fixed path before building.
-PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md")
+# Inputs of the project wheel (what setuptools reads), copied to a fixed path before building; LICENSE is
+# pyproject's `license-files`, carried in the wheel (setuptools warns, and will refuse, when it is missing).
+PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
 PROJECT_PACKAGES = ("controller", "dataplane")
 EXTENSIONS = ("dataplane/http/_headparser", "dataplane/http2/_session")
 SCRIPT = """#!/usr/bin/python3.11
