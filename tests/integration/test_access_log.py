@@ -39,6 +39,7 @@ from examples.backends import HTTPEcho, TLSEcho, server_context
 from tests.integration.conftest import TOKEN, certificate, client_context, tls_roundtrip
 from tests.integration.http_fixtures import Client
 from tests.pki import CA
+from tests.waiting import eventually
 
 STR, INT, NUM, BOOL, NULL = (str,), (int,), (int, float), (bool,), (type(None),)
 # field -> the JSON types it may have (a JSON Schema "type" list, spelled as Python types)
@@ -79,14 +80,10 @@ class LogPipe:
                 self._data += chunk
         return self._data.decode().splitlines()
 
-    async def wait_lines(self, n: int, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.lines()
-            if len(lines) >= n:
-                return lines
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"expected {n} access-log lines, got {self.lines()}")
+    async def wait_lines(self, n: int) -> list[str]:
+        """The lines written so far, once there are at least ``n``."""
+        await eventually(lambda: len(self.lines()) >= n, what=f"{n} access-log lines")
+        return self.lines()
 
     def close(self) -> None:
         os.close(self.read_fd)
@@ -98,6 +95,16 @@ class Rig:
     dp: DataPlane
     log: LogPipe
     metrics: Metrics
+
+    async def all_written(self) -> list[str]:
+        """Every line of the exchanges so far, once the data plane has nothing left to log: no passthrough
+        connection open (a tunnel is logged as it closes), the buffer handed over, the writer thread done."""
+        await eventually(lambda: self.metrics.registry.get_sample_value(
+            "portcullis_active_connections", {"listener": "https", "mode": "passthrough"}) == 0,
+            what="passthrough connections closed")
+        self.dp.access_log.flush()
+        await eventually(lambda: self.dp.access_log.pending == 0, what="the access-log writer idle")
+        return self.log.lines()
 
 
 @contextlib.asynccontextmanager
@@ -245,10 +252,7 @@ async def test_an_ingress_that_opts_out_is_not_logged_and_others_on_the_host_sti
         echo, _, _ = await tls_roundtrip(r.dp.https_port, "direct.example.com", client_context(backend_ca.cert_pem))
         assert echo == b"ping\n"
         assert await get(r.dp.http_port, "http.example.com", "/loud") == 200
-        lines = await r.log.wait_lines(1)
-        r.dp.access_log.flush()
-        await asyncio.sleep(0.2)  # the quiet ones were made first: had they been logged, they would be here
-        lines = r.log.lines()
+        lines = await r.all_written()  # had the quiet ones been logged, they would be here
         assert [check_schema(line)["path"] for line in lines] == ["/loud"]
 
 
@@ -277,9 +281,7 @@ async def test_off_writes_nothing(ca: CA, backend_ca: CA, client_ca: CA,
         assert await get(r.dp.http_port, "http.example.com", "/") == 200
         echo, _, _ = await tls_roundtrip(r.dp.https_port, "direct.example.com", client_context(backend_ca.cert_pem))
         assert echo == b"ping\n"
-        r.dp.access_log.flush()
-        await asyncio.sleep(0.2)
-        assert r.log.lines() == []
+        assert await r.all_written() == []
 
 
 @contextlib.contextmanager
