@@ -1,4 +1,4 @@
-"""The annotation contract (README "Annotations"): one table row per annotation, native and compatible.
+"""The annotation contract (docs/annotations.md): one table row per annotation, native and compatible.
 
 Every annotation Portcullis reads is a row of ``SPECS``: its key, the setting it fills, a parser
 that validates the value, and a doc line (``portcullis render --annotations`` prints the table).

@@ -97,9 +97,3 @@ def test_render_annotations_table_lists_every_contract_annotation() -> None:
                  "proxy-protocol", "tls-min-version", "load-balance", "connect-timeout", "read-timeout"):
         assert f"`portcullis.io/{name}`" in table
     assert "nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream" in table
-
-
-def test_readme_annotation_table_is_current() -> None:
-    from controller.annotations import annotation_table
-
-    assert annotation_table() in Path("README.md").read_text(), "regenerate with `portcullis render --annotations`"
