@@ -12,9 +12,10 @@ the loop's clock (``tests/virtual_clock.py``) cannot shorten or stretch them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -22,12 +23,14 @@ TIMEOUT = 10.0  # seconds; a bound on a hang, never a speed target
 INTERVAL = 0.01
 
 
-async def eventually(check: Callable[[], T], timeout: float = TIMEOUT, interval: float = INTERVAL,
+async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float = TIMEOUT, interval: float = INTERVAL,
                      what: str = "condition") -> T:
-    """Poll ``check`` on the running loop until it returns something truthy, and return that."""
+    """Poll ``check`` (a function, or an async one) on the running loop until it gives something truthy,
+    and return that."""
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
+        answer = check()
+        result = cast(T, await answer) if inspect.isawaitable(answer) else answer
         if result:
             return result
         if time.monotonic() >= deadline:

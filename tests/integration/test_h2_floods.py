@@ -30,6 +30,7 @@ from tests.integration.conftest import TOKEN, certificate
 from tests.integration.http_fixtures import free_port, pool, snapshot, vhost
 from tests.integration.processes import PORTCULLIS, ROOT, stop
 from tests.pki import CA
+from tests.waiting import eventually_sync
 
 HOST = "flood.test"
 FLOOD_BOUND = 2.0  # seconds from a flood's first frame to the server's GOAWAY or close
@@ -80,15 +81,6 @@ class Plane:
     proc: subprocess.Popen[bytes]
     https: int
     admin: int
-
-
-def _wait(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def _http(url: str, data: bytes | None = None, method: str = "GET") -> tuple[int, bytes]:
@@ -157,11 +149,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
             assert proc.poll() is None, (tmp / "dataplane.log").read_text()[-3000:]
             return _http(f"http://127.0.0.1:{admin}/livez")[0] == 200
 
-        _wait(live, 60, "data plane admin API")
+        eventually_sync(live, 60, what="data plane admin API")
         status, body = _http(f"http://127.0.0.1:{admin}/snapshot", flood_snapshot(CA("H2 Flood CA"), backend_port)
                              .to_json().encode(), "PUT")
         assert status == 200, body
-        _wait(lambda: curl_h2(https) == "200 2", 20, "curl --http2 served through the data plane")
+        eventually_sync(lambda: curl_h2(https) == "200 2", 20, interval=0.05,
+                        what="curl --http2 served through the data plane")
         yield plane
     finally:
         for p in reversed(procs):

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from dataplane.workers import reserve_ports
 from tests.integration.conftest import TOKEN
 from tests.integration.http_fixtures import EchoBackend, free_port, pool, snapshot, vhost
 from tests.integration.processes import PORTCULLIS, ROOT, stop
+from tests.waiting import eventually
 
 WORKER_SERIES = re.compile(r'^portcullis_worker_connections_total\{worker="(\d+)"\} ([0-9.e+]+)$', re.M)
 
@@ -36,19 +36,6 @@ class Pod:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.admin}"
-
-
-async def until(condition: object, timeout: float = 20.0, what: str = "condition") -> None:
-    """Await ``condition()`` (sync or async) becoming true, bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()  # type: ignore[operator]
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(what)
 
 
 @pytest.fixture
@@ -88,7 +75,7 @@ async def started(pod: Pod, session: aiohttp.ClientSession) -> None:
                 return r.status == 200
         except aiohttp.ClientError:
             return False
-    await until(live, 60, "admin API listening")
+    await eventually(live, 60, what="admin API listening")
 
 
 async def push(pod: Pod, session: aiohttp.ClientSession, snap: Snapshot) -> tuple[int, dict[str, object]]:
@@ -176,8 +163,8 @@ async def test_a_killed_worker_comes_back_serving_the_current_snapshot(pod: Pod,
         workers = worker_pids(pod.proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        await until(lambda: len(set(worker_pids(pod.proc.pid)) - {workers[0]}) == 2, 60, "worker restarted")
-        await until(lambda: _ready(pod, session), 60, "ready again")
+        await eventually(lambda: len(set(worker_pids(pod.proc.pid)) - {workers[0]}) == 2, 60, what="worker restarted")
+        await eventually(lambda: _ready(pod, session), 60, what="ready again")
         # the restarted worker serves generation 2 at once: every new connection, whichever worker takes it
         before = per_worker(await metrics(pod, session))
         assert [await get(pod.http, "new.test") for _ in range(100)] == [200] * 100
@@ -199,10 +186,10 @@ async def test_sigterm_drains_live_connections(pod: Pod, backend: EchoBackend) -
         await started(pod, session)
         assert (await push(pod, session, hosts(backend, ["a.test"], 1)))[0] == 200
         slow = [asyncio.create_task(get(pod.http, "a.test", "/slow/1.5")) for _ in range(6)]
-        await until(lambda: len(backend.requests) >= 6, 10, "slow requests reached the backend")
+        await eventually(lambda: len(backend.requests) >= 6, 10, what="slow requests reached the backend")
         pod.proc.send_signal(signal.SIGTERM)
         assert await asyncio.gather(*slow) == [200] * 6  # in flight at SIGTERM, answered in full
-        await until(lambda: pod.proc.poll() is not None, 20, "the pod exited")
+        await eventually(lambda: pod.proc.poll() is not None, 20, what="the pod exited")
         assert pod.proc.returncode == 0
 
 
@@ -228,7 +215,7 @@ async def test_gzip_delta_and_if_none_match_pushes_and_the_state_file_fill_every
                 assert r.status == 200 and (await r.json())["checksum"] == second.checksum
             async with session.patch(pod.url + "/snapshot", json=delta, headers=auth) as r:
                 assert r.status == 412  # its base is no longer what the workers serve
-            await until(pod.state_file.exists, 10, "state file written")
+            await eventually(pod.state_file.exists, 10, what="state file written")
             assert pod.state_file.stat().st_mode & 0o077 == 0
     finally:
         pods.close()  # SIGTERM: the first pod is gone
