@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench image clean
+.PHONY: install build-deps system-deps test lint typecheck unit integration chart e2e local bench bench-fanout image clean
 
 # setup.py builds the C extensions; a change to one reinstalls. build-deps: a C compiler, Python and nghttp2 headers.
 $(BIN)/portcullis: pyproject.toml setup.py dataplane/http/_headparser.c dataplane/http2/_session.c | build-deps
@@ -52,6 +52,13 @@ local: install
 
 bench: install
 	bash bench/run
+
+# Issue 18's figures on the rig's real node (as root: it reads cgroups and socket counters on the host): the chart
+# with 10 data-plane pods and 2,000 Ingresses; per Ingress change, when each pod serves it and what the controller
+# sends and spends. Prints figures, asserts nothing; the rig stays up (e2e/cluster/down --force).
+# FANOUT_ARGS="--ingresses 200 --dataplanes 3" for a quick run.
+bench-fanout: install system-deps
+	$(BIN)/python -m bench.fanout $(FANOUT_ARGS)
 
 # The image users get and the e2e tier runs, built without Docker or any daemon (deploy/image/build.py): Debian
 # bookworm packages and the locked wheels, the C extensions compiled with Debian's python3.11 headers, reproducible
