@@ -50,6 +50,11 @@ _NGINX_PROTOCOLS: dict[str, BackendProtocolSetting | None] = {"HTTP": None, "HTT
 _SAME_PROTOCOL = {("HTTP", "http1"), ("GRPC", "grpc"), ("GRPC", "h2c"), ("GRPCS", "grpcs"), ("GRPCS", "h2")}
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+# A read timeout also bounds the silence of the Ingress's upgraded (WebSocket) connections, as ingress-nginx's
+# proxy-read-timeout does, and users set 86400 for long-lived sockets: up to 7 days, where connect and send timeouts
+# stop at 1 hour. (ingress-nginx sets no bound; beyond a week a value is likelier a unit slip than a wish.)
+MAX_READ_TIMEOUT = 7 * 86400
+READ_TIMEOUT_MEANING = "backend read timeout; also how long an upgraded (WebSocket) connection may stay silent"
 # ASCII digits only: Python's \d and int() accept any Unicode digit (Arabic-Indic "10" is 10) and int() takes "1_0".
 _DURATION = re.compile(r"^([0-9]{1,7}(?:\.[0-9]{1,6})?)(ms|s|m|h)?$", re.ASCII)
 _HSTS_MAX_AGE = re.compile(r"^max-age=([0-9]{1,10})$", re.IGNORECASE | re.ASCII)
@@ -160,12 +165,21 @@ def boolean(value: str, _: Context) -> bool:
 
 def duration(value: str, _: Context) -> float:
     """``5s``, ``500ms``, ``1m``, ``1h`` or bare seconds; between 1 ms and 1 hour."""
+    return _duration(value, 3600, "1h")
+
+
+def read_duration(value: str, _: Context) -> float:
+    """A read timeout: as ``duration``, up to ``MAX_READ_TIMEOUT`` (it bounds WebSockets' silence too)."""
+    return _duration(value, MAX_READ_TIMEOUT, "168h")
+
+
+def _duration(value: str, most: float, most_text: str) -> float:
     match = _DURATION.match(value.strip())
     if not match:
         raise ValueError("must be a duration such as 5s, 500ms or 1m")
     seconds = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
-    if not 0.001 <= seconds <= 3600:
-        raise ValueError("must be between 1ms and 1h")
+    if not 0.001 <= seconds <= most:
+        raise ValueError(f"must be between 1ms and {most_text}")
     return seconds
 
 
@@ -250,9 +264,18 @@ def depth(value: str, _: Context) -> int:
 
 def seconds(value: str, _: Context) -> float:
     """ingress-nginx timeouts: plain seconds (``"60"``); 1 s to 1 hour."""
+    return _seconds(value, 3600)
+
+
+def read_seconds(value: str, _: Context) -> float:
+    """``proxy-read-timeout``: as ``seconds``, up to ``MAX_READ_TIMEOUT`` (it bounds WebSockets' silence too)."""
+    return _seconds(value, MAX_READ_TIMEOUT)
+
+
+def _seconds(value: str, most: int) -> float:
     number = integer(value)
-    if not 1 <= number <= 3600:
-        raise ValueError("must be a number of seconds between 1 and 3600")
+    if not 1 <= number <= most:
+        raise ValueError(f"must be a number of seconds between 1 and {most}")
     return float(number)
 
 
@@ -405,7 +428,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(NATIVE + "load-balance", "load_balance", choice(_LOAD_BALANCES),
          "endpoint choice", "round-robin | least-conn | client-ip-hash"),
     Spec(NATIVE + "connect-timeout", "connect_timeout", duration, "backend connect timeout", "duration (5s)"),
-    Spec(NATIVE + "read-timeout", "read_timeout", duration, "backend read timeout", "duration (60s)"),
+    Spec(NATIVE + "read-timeout", "read_timeout", read_duration, READ_TIMEOUT_MEANING, "duration (60s)"),
     Spec(NATIVE + "send-timeout", "send_timeout", duration, "backend must accept written request bytes within it",
          "duration (60s)"),
     Spec(NATIVE + "max-body-size", "max_body_size", size, "request body limit (413 above it)",
@@ -467,7 +490,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(NGINX + "limit-whitelist", "limit_whitelist", cidrs, "client CIDRs exempt from the limits", "CIDR list"),
     Spec(NGINX + "proxy-body-size", "max_body_size", size, "request body limit", "size: 1m, 8m; 0 = no limit"),
     Spec(NGINX + "proxy-connect-timeout", "connect_timeout", seconds, "backend connect timeout", "seconds"),
-    Spec(NGINX + "proxy-read-timeout", "read_timeout", seconds, "backend read timeout", "seconds"),
+    Spec(NGINX + "proxy-read-timeout", "read_timeout", read_seconds, READ_TIMEOUT_MEANING, "seconds"),
     Spec(NGINX + "proxy-send-timeout", "send_timeout", seconds, "backend send timeout", "seconds"),
     Spec(NGINX + "proxy-ssl-protocols", "backend_tls_versions", tls_versions, "TLS versions to the backend",
          "TLSv1.2 TLSv1.3"),

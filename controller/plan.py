@@ -182,7 +182,7 @@ def _pool_id(namespace: str, backend: BackendRef, spec: Pool) -> str:
     base = f"{namespace}/{backend.service}:{backend.port_text}"
     options = Pool(id="", tls=spec.tls, load_balance=spec.load_balance, connect_timeout=spec.connect_timeout,
                    read_timeout=spec.read_timeout, send_timeout=spec.send_timeout, proxy_protocol=spec.proxy_protocol,
-                   protocol=spec.protocol)
+                   protocol=spec.protocol, upgrade_idle_timeout=spec.upgrade_idle_timeout)
     if options == Pool(id=""):
         return base
     return base + "~" + hashlib.sha256(repr(options).encode()).hexdigest()[:10]
@@ -311,6 +311,9 @@ class Planner:
             send_timeout=settings.send_timeout or 60.0,
             proxy_protocol=(settings.proxy_protocol or "off") if plan.mode == "passthrough" else "off",
             protocol=protocol,
+            # A read timeout the Ingress set bounds its WebSockets' silence too, as ingress-nginx's does (users set
+            # 86400 for long-lived sockets, or 60); unset, the data plane's --upgrade-idle-timeout does.
+            upgrade_idle_timeout=settings.read_timeout,
         )
         pool = Pool(**{**spec.__dict__, "id": _pool_id(ing.ref.namespace, backend, spec)})
         if resolved.error or not resolved.endpoints:

@@ -117,6 +117,10 @@ class Pool:
     proxy_protocol: ProxyProtocol = "off"  # passthrough pools only
     unavailable: str = ""  # why there is no endpoint (missing Service, none ready): the 503 says it
     protocol: BackendProtocol = "http1"  # what HTTP requests are forwarded as (h2: also gRPC, trailers kept)
+    # An upgraded (WebSocket) connection silent both ways this long is closed; None: the data plane's
+    # --upgrade-idle-timeout. The renderer sets the Ingress's read timeout here when it sets one, as ingress-nginx's
+    # proxy-read-timeout bounds a WebSocket's silence.
+    upgrade_idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -479,7 +483,8 @@ def _pool_problems(pool: Pool, certs: Mapping[str, Any], cas: Mapping[str, Any])
         problems.append(f"{where}: unknown proxy protocol {pool.proxy_protocol!r}")
     if pool.protocol not in BACKEND_PROTOCOLS:
         problems.append(f"{where}: unknown backend protocol {pool.protocol!r}")
-    if not pool.connect_timeout > 0 or not pool.read_timeout > 0 or not pool.send_timeout > 0:
+    if not pool.connect_timeout > 0 or not pool.read_timeout > 0 or not pool.send_timeout > 0 \
+            or (pool.upgrade_idle_timeout is not None and not pool.upgrade_idle_timeout > 0):
         problems.append(f"{where}: timeouts must be positive")
     if not isinstance(pool.unavailable, str) or len(pool.unavailable) > MAX_UNAVAILABLE \
             or not pool.unavailable.isprintable():

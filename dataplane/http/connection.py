@@ -42,6 +42,7 @@ from dataplane.http.headers import (
 from dataplane.http.info import ClientCert, ConnectionInfo, client_cert_from_ssl, complete_info
 from dataplane.http.parser import RequestHead, ResponseHead, parse_request_head
 from dataplane.http.responses import REASONS, local_response
+from dataplane.http.settings import HTTPSettings
 from dataplane.http.table import (
     NO_HOST_LABEL,
     TLS_CLOSE_AFTER,
@@ -59,7 +60,7 @@ from dataplane.http.upstream import ConnectError, Upstream, UpstreamConnection, 
 from dataplane.http2.upstream import H2Stream, H2Upstream
 from dataplane.limits import RateLimit
 from dataplane.metrics import Metrics
-from dataplane.snapshot import Endpoint
+from dataplane.snapshot import Endpoint, Pool
 
 __all__ = ["ClientCert", "ConnectionInfo", "HTTPProtocol", "client_cert_from_ssl"]
 
@@ -72,6 +73,15 @@ _CL_IDLE, _CL_REQUEST, _CL_TUNNEL, _CL_CLOSED, _CL_LINGER = range(5)
 LINGER_SECONDS = 2.0
 _P_BUFFER, _P_UPSTREAM = 1, 2
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def upgrade_idle_timeout(pool: Pool | None, settings: HTTPSettings) -> float:
+    """How long an upgraded (WebSocket) connection to ``pool`` may stay silent both ways: the pool's bound (the
+    Ingress's read timeout, when it set one, as ingress-nginx's ``proxy-read-timeout`` bounds a WebSocket), else
+    ``--upgrade-idle-timeout``. Users who set 86400 for long-lived sockets keep them; who set 60 lose idle ones."""
+    if pool is not None and pool.upgrade_idle_timeout is not None:
+        return pool.upgrade_idle_timeout
+    return settings.upgrade_idle_timeout
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -133,6 +143,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._body_seen = 0
         self._last_in = 0.0  # last request-body (or tunnel) byte from the client
         self._last_out = 0.0  # last tunnel byte to the client
+        self._tunnel_idle = 0.0  # silence bound of the upgraded connection, fixed when it upgrades
         self._stall_since = 0.0  # client write buffer last seen shrinking (while writes are paused)
         self._stall_size = 0
         # access log (None: off): connection byte totals, and what the current exchange learned on the way
@@ -523,7 +534,9 @@ class HTTPProtocol(asyncio.Protocol):
             self._state = _CL_TUNNEL
             self._resp_started = True
             self._last_in = self._last_out = now = self._now()
-            self._arm(now + self._settings.upgrade_idle_timeout)
+            upstream = self._upstream
+            self._tunnel_idle = upgrade_idle_timeout(upstream.spec if upstream is not None else None, self._settings)
+            self._arm(now + self._tunnel_idle)
             self._table.count(self._label, status, self._info.protocol)
             conn = self._conn
             if conn is not None and self._buf:
@@ -754,7 +767,7 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             next_at = min(next_at, self._deadline)
         elif state == _CL_TUNNEL:
-            at = max(self._last_in, self._last_out) + settings.upgrade_idle_timeout
+            at = max(self._last_in, self._last_out) + self._tunnel_idle
             if at <= now:
                 self._timed_out("upgrade_idle")
                 return

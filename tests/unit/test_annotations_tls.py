@@ -162,7 +162,7 @@ NUMERIC = {
 
 
 def test_every_numeric_annotation_is_in_the_ascii_test() -> None:
-    numeric_parsers = {ann.duration, ann.depth, ann.seconds, ann.size, ann.hsts}
+    numeric_parsers = {ann.duration, ann.read_duration, ann.depth, ann.seconds, ann.read_seconds, ann.size, ann.hsts}
     assert {s.key for s in ann.SPECS if s.parse in numeric_parsers} == set(NUMERIC)
 
 
