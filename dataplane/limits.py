@@ -204,8 +204,16 @@ class ConnectionCounter:
         self._sweep_in = max(1024, 2 * len(by_key))
 
 
+def limit_key(source: str, host: str) -> str:
+    """The registry key of one Ingress's limits: its snapshot ``source``, the host when it has none."""
+    return source or host
+
+
 class LimitRegistry:
-    """Per-Ingress limit state, owned by the data plane and handed to every table build: state survives applies."""
+    """Per-Ingress limit state, owned by the data plane and handed to every table build: state survives applies.
+
+    The data plane calls ``retain`` after every swap with the keys the applied snapshot uses, so the state of an
+    Ingress that is gone (its buckets, its counter's handles of closed connections) goes with it."""
 
     def __init__(self) -> None:
         self._rates: dict[str, RateLimit] = {}
@@ -226,6 +234,10 @@ class LimitRegistry:
         if counter is None:
             counter = self._counters[key] = ConnectionCounter()
         return counter
+
+    def __len__(self) -> int:
+        """Ingresses whose state is kept (a rate limit, a connection counter or both count once each)."""
+        return len(self._rates) + len(self._counters)
 
     def retain(self, rate_keys: Iterable[str], counter_keys: Iterable[str]) -> None:
         """Forget the state of Ingresses that no longer set a limit."""

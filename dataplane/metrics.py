@@ -6,6 +6,8 @@ run several data planes in one process without their counters mixing.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Collection
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -126,6 +128,27 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]  # the child of a metric has the metric's type
+
+    def retain_series(self, hosts: Collection[str], pools: Collection[str]) -> int:
+        """Remove the series of hosts and pools that are not in ``hosts``/``pools`` (those of the applied snapshot),
+        so ``/metrics`` does not grow with every name ever served. Returns how many series went.
+
+        Under ``--workers N`` (prometheus-client's multiprocess mode) this only forgets the process's child objects:
+        the values stay in the worker's file (the library cannot delete an entry; it warns, silenced here), where a
+        host that comes back finds its counters again; the supervisor leaves removed labels out when it sums the
+        files (``dataplane/workers.py``)."""
+        removed = 0
+        for metric, label, keep in ((self.requests, "host", hosts), (self.request_duration, "host", hosts),
+                                    (self.requests_limited, "host", hosts), (self.upstream_failures, "pool", pools)):
+            index = metric._labelnames.index(label)
+            # prometheus-client lists a metric's children only by collecting samples: read its own table instead.
+            stale = [values for values in list(metric._metrics) if values[index] not in keep]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # multiprocess mode: see the docstring
+                for values in stale:
+                    metric.remove(*values)
+            removed += len(stale)
+        return removed
 
     def report_certificates(self, snapshot: Snapshot, fallback: Certificate | None = None) -> None:
         """Expiry of every certificate the snapshot serves, and of ``fallback`` while it names no default."""

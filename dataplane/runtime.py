@@ -31,13 +31,13 @@ from dataplane.edge import (
     HTTPSListener,
     Tracker,
 )
-from dataplane.gc_pause import gc_paused
+from dataplane.gc_pause import FrozenBudget, gc_paused
 from dataplane.http.connection import HTTPProtocol
 from dataplane.http.info import ConnectionInfo
 from dataplane.http.settings import HTTPSettings
-from dataplane.http.table import HTTPTable, TableRef, build_http_table
+from dataplane.http.table import HTTPTable, TableRef, build_http_table, host_labels
 from dataplane.http2.guard import H2Limits
-from dataplane.limits import LimitRegistry, Whitelist, parse_whitelist
+from dataplane.limits import LimitRegistry, Whitelist, limit_key, parse_whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import Snapshot, content_id, validate
 from dataplane.tls import TLSTable, build_tls_table, generate_fallback_certificate
@@ -125,6 +125,7 @@ class DataPlane:
         self.access_log = access_log if access_log is not None else AccessLog(
             config.access_log, self.metrics.access_log_dropped_lines, self.metrics.access_log_lines)
         self.limits = LimitRegistry()  # per-Ingress limit state: survives applies
+        self._frozen = FrozenBudget()  # when a build also collects what earlier builds froze (gc_pause.py)
         self._http_settings = HTTPSettings(
             https_redirect_port=config.https_redirect_port,
             client_send_timeout=config.client_send_timeout,
@@ -245,7 +246,7 @@ class DataPlane:
 
     def _build_safely(self, snapshot: Snapshot, previous: _Applied) -> _Applied | list[str]:
         """Build with the cyclic GC paused (a full collection stalled the loop 343 ms at 10k hosts)."""
-        with gc_paused():
+        with gc_paused(self._frozen):
             try:
                 return self._build(snapshot, previous, previous.verified)
             except Exception as exc:  # a bug in a builder must refuse the snapshot, not kill the data plane
@@ -261,6 +262,7 @@ class DataPlane:
         self._applied = result
         self._table_ref.table = result.http_table
         self._close_changed_idle()
+        self._forget_gone(snapshot)
         self._ready = True
         self.metrics.snapshot_generation.set(snapshot.generation)
         self.metrics.snapshot_applies.labels("applied").inc()
@@ -303,13 +305,21 @@ class DataPlane:
     def _build_http(self, snapshot: Snapshot, previous: HTTPTable | None) -> HTTPTable:
         return build_http_table(snapshot, previous, self.metrics, self._http_settings, self.limits)
 
+    def _forget_gone(self, snapshot: Snapshot) -> None:
+        """After a swap: the limit state and metric series of Ingresses, hosts and pools the snapshot no longer has
+        go, so memory and ``/metrics`` follow the configuration instead of every name it ever had."""
+        rate_keys = {limit_key(r.source, v.host) for v in snapshot.virtual_hosts for r in v.routes if r.limit_rps}
+        counter_keys = {limit_key(row.source, row.host) for row in snapshot.tls_hosts if row.limit_connections}
+        self.limits.retain(rate_keys, counter_keys)
+        self.metrics.retain_series(host_labels(snapshot), {p.id for p in snapshot.pools})
+
     def _conn_limits(self, snapshot: Snapshot) -> dict[str, HostConnLimit]:
         """limit-connections by SNI host; one counter per Ingress (its hosts share it), kept across applies."""
         limits: dict[str, HostConnLimit] = {}
         for row in snapshot.tls_hosts:
             if row.limit_connections:
                 networks, _ = parse_whitelist(row.limit_whitelist)
-                counter = self.limits.counter(row.source or row.host)
+                counter = self.limits.counter(limit_key(row.source, row.host))
                 limits[row.host] = HostConnLimit(row.limit_connections, counter, Whitelist(networks))
         return limits
 
@@ -386,6 +396,8 @@ class DataPlane:
 
     @property
     def tls_table(self) -> TLSTable:
+        """The SNI table now serving. Only tests read it, for a reason: they assert that an unchanged certificate
+        keeps its ``SSLContext`` across applies and a rotated one gets a new one, which no client can observe."""
         return self._applied.edge.tls
 
 

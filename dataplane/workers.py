@@ -16,7 +16,9 @@ The parent serves no client traffic, so its event loop is free for pushes and pr
   worker's reasons. Pushes and worker (re)starts are serialised by one lock, so a restarting worker
   gets exactly what the others serve, applied before it binds its listeners.
 * Metrics: prometheus-client multiprocess mode in a per-pod directory (0700) that the parent sums;
-  the ``snapshot_*`` and certificate series are the parent's (one push is one apply).
+  the ``snapshot_*`` and certificate series are the parent's (one push is one apply). A worker cannot delete
+  a series from its file, so the series of hosts and pools the applied snapshot no longer has are left out
+  by the parent when it sums (``drop_removed``); the files keep one small entry per series a worker ever wrote.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,6 +43,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from dataplane import worker_channel
 from dataplane.admin import ApplyUnavailable
+from dataplane.http.table import host_labels
 from dataplane.metrics import Metrics
 from dataplane.runtime import DataPlaneConfig
 from dataplane.snapshot import Snapshot
@@ -58,9 +61,17 @@ class PoolMetrics(Metrics):
     def __init__(self, directory: str) -> None:
         super().__init__()
         self.directory = directory
+        self._live: tuple[frozenset[str], frozenset[str]] | None = None  # hosts, pools; None: nothing applied
+
+    def retain_series(self, hosts: Collection[str], pools: Collection[str]) -> int:
+        self._live = (frozenset(hosts), frozenset(pools))
+        return super().retain_series(hosts, pools)
 
     def render(self) -> bytes:
-        return generate_latest(_Families(merge_families(self.registry.collect(), self._workers())))
+        workers = self._workers()
+        if self._live is not None:
+            workers = drop_removed(workers, *self._live)
+        return generate_latest(_Families(merge_families(self.registry.collect(), workers)))
 
     def _workers(self) -> list[Metric]:
         registry = CollectorRegistry()
@@ -74,6 +85,19 @@ def merge_families(own: Iterable[Metric], workers: Iterable[Metric]) -> list[Met
     merged = [f for f in own if f.name in owned]
     merged.extend(f for f in workers if f.name not in owned)
     return sorted(merged, key=lambda f: f.name)
+
+
+def drop_removed(families: list[Metric], hosts: Collection[str], pools: Collection[str]) -> list[Metric]:
+    """The workers' families without the samples of hosts and pools the applied snapshot does not have: what
+    ``Metrics.retain_series`` removes in one process (only those series carry a ``host`` or ``pool`` label)."""
+    for family in families:
+        family.samples = [s for s in family.samples if _kept(s.labels.get("host"), hosts)
+                          and _kept(s.labels.get("pool"), pools)]
+    return families
+
+
+def _kept(value: str | None, live: Collection[str]) -> bool:
+    return value is None or value in live
 
 
 class _Families:
@@ -198,10 +222,6 @@ class WorkerPool:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    @property
-    def worker_pids(self) -> dict[int, int]:
-        return {i: w.pid for i, w in self._workers.items()}
-
     # --- apply --------------------------------------------------------------------------------
 
     async def apply_async(self, snapshot: Snapshot) -> list[str]:
@@ -230,6 +250,7 @@ class WorkerPool:
             self._snapshot, self._applied = snapshot, True
             self._checksum = snapshot.checksum or await asyncio.to_thread(lambda: snapshot.canonical().checksum)
             await asyncio.gather(*(w.request({"op": "commit"}) for w in workers), return_exceptions=True)
+            self.metrics.retain_series(host_labels(snapshot), {p.id for p in snapshot.pools})
             self.metrics.snapshot_generation.set(snapshot.generation)
             self.metrics.snapshot_applies.labels("applied").inc()
             self.metrics.snapshot_apply_seconds.observe(time.perf_counter() - started)

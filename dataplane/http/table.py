@@ -12,7 +12,7 @@ import logging
 import re
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dataplane.access_log import ingress_of
@@ -23,7 +23,7 @@ from dataplane.http.path import route_path as canonical_route_path
 from dataplane.http.settings import HTTPSettings
 from dataplane.http.upstream import TLSContextCache, Upstream
 from dataplane.http2.upstream import H2Upstream
-from dataplane.limits import LimitRegistry, RateLimit, Whitelist, parse_whitelist
+from dataplane.limits import LimitRegistry, RateLimit, Whitelist, limit_key, parse_whitelist
 from dataplane.metrics import Metrics
 from dataplane.snapshot import ClientAuth, Route, Snapshot, TLSHost, VirtualHost, route_order
 
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 NO_HOST_LABEL = "(none)"
+DEFAULT_HOST_LABEL = "(default)"
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    vhost: VHostEntry
+    vhost: VHostEntry  # the route's virtual host without its routes (no reference cycle: see _vhost_entry)
     pool_id: str
     max_body: int = 0  # request body bytes allowed (0: no limit); the route's value, default resolved
     rate: RateLimit | None = None  # limit-rps per client IP (shared by the routes of one Ingress); None: none
@@ -82,12 +83,15 @@ def _rate_limit(route: Route, vhost: VirtualHost, limits: LimitRegistry | None) 
     if not route.limit_rps or limits is None:
         return None
     networks, _ = parse_whitelist(route.limit_whitelist)  # validate() refused bad entries
-    return limits.rate_limit(f"{route.source or vhost.host}", route.limit_rps, Whitelist(networks))
+    return limits.rate_limit(limit_key(route.source, vhost.host), route.limit_rps, Whitelist(networks))
 
 
 def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings, limits: LimitRegistry | None = None) -> VHostEntry:
-    label = vhost.host or "(default)"
-    entry = VHostEntry(
+    """The table's entry for ``vhost``. Its forwards point at a route-less copy of it, so the entry and its routes
+    form no reference cycle: the data plane freezes the cyclic GC's view at every apply (``gc_pause.py``), and a
+    frozen cycle is never collected, so a cycle here would keep every replaced table's routes forever."""
+    label = vhost.host or DEFAULT_HOST_LABEL
+    head = VHostEntry(
         vhost.host, vhost.tls, vhost.insecure_policy, vhost.hsts.encode() if vhost.hsts else None, label,
         no_route=Local(404, "no route for this path", label=label),
         allow_underscore_headers=vhost.allow_underscore_headers,
@@ -96,14 +100,18 @@ def _vhost_entry(vhost: VirtualHost, settings: HTTPSettings, limits: LimitRegist
     for route in sorted(vhost.routes, key=route_order):
         path = canonical_route_path(route.path)  # the form requests are normalised to (http/path.py)
         trimmed = path.rstrip("/")
-        forward = Forward(entry, route.pool_id, _body_limit(route.max_body_size, settings),
+        forward = Forward(head, route.pool_id, _body_limit(route.max_body_size, settings),
                           _rate_limit(route, vhost, limits), log=log_source(route.source, route.access_log))
         if route.path_type == "Exact":
             routes.append((path, True, "", forward))
         else:  # "/" -> matches all; "/foo" and "/foo/" -> "/foo", "/foo/..."
             routes.append((trimmed, False, trimmed + "/" if trimmed else "", forward))
-    object.__setattr__(entry, "routes", tuple(routes))
-    return entry
+    return replace(head, routes=tuple(routes))
+
+
+def host_labels(snapshot: Snapshot) -> frozenset[str]:
+    """Every ``host`` metric label a table built from ``snapshot`` can count under (what series to keep)."""
+    return frozenset({NO_HOST_LABEL, *(v.host or DEFAULT_HOST_LABEL for v in snapshot.virtual_hosts)})
 
 
 def log_source(source: str, enabled: bool = True) -> tuple[str, str] | None:
