@@ -48,14 +48,51 @@ def next_generation(previous: int, now_ms: int) -> int:
     return max(previous + 1, now_ms)
 
 
+class PushBodies:
+    """The push bodies of the current snapshot, built once and shared by every worker.
+
+    A fleet's data planes mostly hold the same base and are sent the same snapshot with the same generation (the
+    one stamped when it was wanted), so their bodies are identical: built per data plane, one change at 2,000
+    Ingresses cost 10 x 57 ms of controller CPU for 10 data planes instead of 57 ms. Bodies of older snapshots are
+    dropped when a newer one is asked for, so at most one snapshot's bodies are kept."""
+
+    def __init__(self, encode: Callable[[str], bytes]) -> None:
+        self._encode = encode
+        self._built: dict[tuple[str | None, str, int], asyncio.Task[bytes]] = {}
+
+    async def get(self, base: Snapshot | None, snapshot: Snapshot) -> bytes:
+        """The encoded delta from ``base`` (None: the full snapshot) to ``snapshot``."""
+        key = (base.checksum if base is not None else None, snapshot.checksum, snapshot.generation)
+        task = self._built.get(key)
+        if task is None:
+            self._built = {k: t for k, t in self._built.items() if k[1] == snapshot.checksum}
+            task = asyncio.ensure_future(asyncio.to_thread(self._build, base, snapshot))
+            self._built[key] = task
+        return await asyncio.shield(task)  # a cancelled worker must not cancel the others' body
+
+    def _build(self, base: Snapshot | None, snapshot: Snapshot) -> bytes:
+        if base is None:
+            return self._encode(snapshot.to_json())
+        return self._encode(json.dumps(push_body.make_delta(base, snapshot), separators=(",", ":")))
+
+
+def encoder(config: PushConfig) -> Callable[[str], bytes]:
+    def encode(text: str) -> bytes:
+        raw = text.encode()
+        return push_body.compress(raw, level=1) if config.compress else raw
+    return encode
+
+
 class DataPlaneWorker:
     def __init__(self, address: str, config: PushConfig, session: aiohttp.ClientSession,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, bodies: PushBodies | None = None) -> None:
         self.address = address
         self.config = config
         self.session = session
         self.ssl_context = ssl_context
         self.desired: Snapshot | None = None
+        self.wanted_at_ms = 0  # when ``desired`` was wanted: its generation, unless the data plane holds a later one
+        self.bodies = bodies or PushBodies(encoder(config))
         self.confirmed: str | None = None  # checksum the data plane reported last
         self.acked: Snapshot | None = None  # the full snapshot this data plane accepted last (delta base)
         self.pushed_bytes: list[int] = []  # body bytes of each push, for benchmarks (last 100)
@@ -67,8 +104,9 @@ class DataPlaneWorker:
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://{host}:{config.port}/snapshot"
 
-    def want(self, snapshot: Snapshot) -> None:
+    def want(self, snapshot: Snapshot, at_ms: int | None = None) -> None:
         self.desired = snapshot
+        self.wanted_at_ms = int(time.time() * 1000) if at_ms is None else at_ms
         self.wake.set()
 
     def start(self) -> None:
@@ -144,14 +182,13 @@ class DataPlaneWorker:
         if checksum == desired.checksum:
             self.acked = desired  # same checksum, same content: a valid base for the next delta
             return
-        snapshot = desired.with_generation(next_generation(generation, int(time.time() * 1000)))
+        snapshot = desired.with_generation(next_generation(generation, self.wanted_at_ms))
         base = self.acked if self.config.deltas and self.acked is not None and self.acked.checksum == checksum \
             else None
         kind, size = "full", 0
         if base is not None:
             kind = "delta"
-            body = await asyncio.to_thread(self._encode, json.dumps(push_body.make_delta(base, snapshot),
-                                                                    separators=(",", ":")))
+            body = await self.bodies.get(base, snapshot)
             size = len(body)
             status, text = await self._send("PATCH", body)
             if status == 412:  # it no longer serves the base (restarted, or another push won): send it all
@@ -161,7 +198,7 @@ class DataPlaneWorker:
                 raise ValueError(f"PATCH /snapshot answered {status}: {text[:500]}")
         if base is None:
             kind = "full"
-            body = await asyncio.to_thread(lambda: self._encode(snapshot.to_json()))
+            body = await self.bodies.get(None, snapshot)
             size += len(body)
             status, text = await self._send("PUT", body)
             if status != 200:
@@ -174,10 +211,6 @@ class DataPlaneWorker:
                  snapshot.generation, desired.checksum,
                  extra={"dataplane": self.address, "generation": snapshot.generation, "checksum": desired.checksum,
                         "push": kind, "bytes": size})
-
-    def _encode(self, text: str) -> bytes:
-        raw = text.encode()
-        return push_body.compress(raw, level=1) if self.config.compress else raw
 
     async def _send(self, method: str, body: bytes) -> tuple[int, str]:
         headers = {**self._headers(), "Content-Type": "application/json"}
@@ -212,7 +245,9 @@ class Publisher:
         self.is_leader = is_leader
         self.ssl_context = push_ssl_context(config)
         self.workers: dict[str, DataPlaneWorker] = {}
+        self.bodies = PushBodies(encoder(config))
         self.snapshot: Snapshot | None = None
+        self.snapshot_at_ms = 0  # when the latest snapshot arrived: every worker's generation for it
         self._session: aiohttp.ClientSession | None = None
         self._synced = asyncio.Event()  # every data plane confirmed the latest snapshot
 
@@ -235,7 +270,7 @@ class Publisher:
                     log.error("refusing to push key material over plain HTTP to a non-loopback address; "
                               "set --push-ca-file", extra={"dataplane": address})
                     continue
-                worker = DataPlaneWorker(address, self.config, self._session, self.ssl_context)
+                worker = DataPlaneWorker(address, self.config, self._session, self.ssl_context, self.bodies)
                 worker.leading = self.is_leader
                 worker.on_confirmed = self._note_sync
                 self.workers[address] = worker
@@ -245,12 +280,12 @@ class Publisher:
                 worker = self.workers.pop(address)
                 if worker.task is not None:
                     worker.task.cancel()  # a gone pod: nothing to finish
-        if snapshot is not None:
-            self.snapshot = snapshot
+        if snapshot is not None and snapshot is not self.snapshot:
+            self.snapshot, self.snapshot_at_ms = snapshot, int(time.time() * 1000)
         if self.snapshot is not None:
             for worker in self.workers.values():
                 if worker.desired is not self.snapshot:
-                    worker.want(self.snapshot)
+                    worker.want(self.snapshot, self.snapshot_at_ms)
         self._note_sync()
 
     def in_sync(self) -> dict[str, bool]:

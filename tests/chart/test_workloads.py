@@ -60,8 +60,10 @@ def test_pods_are_hardened(scenario: str) -> None:
         assert sc["runAsNonRoot"] is True
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-        for kind in ("requests", "limits"):
-            assert set(c["resources"][kind]) >= {"cpu", "memory"}, (workload["metadata"]["name"], kind)
+        assert set(c["resources"]["requests"]) >= {"cpu", "memory"}, workload["metadata"]["name"]
+        assert "memory" in c["resources"]["limits"], workload["metadata"]["name"]
+        # The controller has no CPU limit: a quota would throttle the burst each change causes (values.yaml).
+        assert ("cpu" in c["resources"]["limits"]) == (workload["metadata"]["name"].endswith("dataplane"))
         # A read-only root needs a writable /tmp for Python and OpenSSL.
         assert any(mount["mountPath"] == "/tmp" for mount in c["volumeMounts"])
 
