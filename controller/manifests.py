@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+# libyaml's loader parses the same documents into the same objects about ten times faster than the pure-Python
+# one (a 2,000-Ingress file: seconds of ``portcullis render`` otherwise); PyYAML built without libyaml lacks it.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ManifestError(Exception):
@@ -49,7 +52,7 @@ def load_file(path: str) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from exc
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_LOADER))
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: invalid YAML: {exc}") from exc
     objects: list[dict[str, Any]] = []
