@@ -10,8 +10,6 @@ refuse, the renderer refuses too, per object, and can name the Ingress and field
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from dataplane.snapshot import (
     CABundle,
     Certificate,
@@ -73,7 +71,3 @@ def route_problems(route: Route) -> list[str]:
     """Path, path type and per-route limits (its host is checked by ``host_problems``)."""
     return _check(Snapshot(virtual_hosts=(VirtualHost("", (route,)),), pools=(Pool(route.pool_id),)))
 
-
-def virtual_host_problems(vhost: VirtualHost) -> list[str]:
-    """A virtual host's own policies (its routes are checked one by one with ``route_problems``)."""
-    return _check(Snapshot(virtual_hosts=(replace(vhost, routes=()),)))

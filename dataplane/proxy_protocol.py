@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_VERSION_PROXY = 0x21  # version 2, command PROXY
-V2_VERSION_LOCAL = 0x20
 V2_TCP4 = 0x11
 V2_TCP6 = 0x21
 PP2_TYPE_ALPN = 0x01

@@ -34,7 +34,6 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING = 0, 1, 2, 3, 
 WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM = 0x1
 ACK = 0x1
-END_HEADERS = 0x4
 
 # Violation names: the ``reason`` label of ``portcullis_h2_violations_total``.
 RAPID_RESET = "rapid_reset"
@@ -44,8 +43,6 @@ PING_FLOOD = "ping_flood"
 EMPTY_FRAMES = "empty_frames"
 WINDOW_UPDATE_FLOOD = "window_update_flood"
 PRIORITY_FLOOD = "priority_flood"
-VIOLATIONS = (RAPID_RESET, CONTINUATION_FLOOD, SETTINGS_FLOOD, PING_FLOOD, EMPTY_FRAMES, WINDOW_UPDATE_FLOOD,
-              PRIORITY_FLOOD)
 PER_FRAME_ALLOWANCE = 10  # WINDOW_UPDATE and PRIORITY frames allowed per client HEADERS/DATA frame (Envoy: 10)
 CEILING_FACTOR = 20  # ... but never more than this many times the base rate a second
 

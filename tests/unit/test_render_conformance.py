@@ -215,7 +215,6 @@ TLS = UpstreamTLS("web.shop.svc")
     (conformance.route_problems, Route("/a", "Prefix", "p", max_body_size=-2)),
     (conformance.route_problems, Route("a", "Prefix", "p")),
     (conformance.route_problems, Route("/a", "Regex", "p")),  # type: ignore[arg-type]
-    (conformance.virtual_host_problems, VirtualHost("a.example.com", insecure_policy="maybe")),  # type: ignore[arg-type]
 ])
 def test_conformance_checks_are_the_validators(check: Any, obj: Any) -> None:
     refused = check(obj)
