@@ -119,7 +119,8 @@ async def test_publisher_sends_deltas_and_falls_back_to_a_full_push(
         worker = publisher.workers["127.0.0.1"]
         await eventually(lambda: worker.acked is base)
         publisher.update(["127.0.0.1"], target)
-        await eventually(lambda: dataplane.checksum == target.checksum)
+        # the worker's own record of the push, not only the data plane's: it notes the bytes after the answer
+        await eventually(lambda: dataplane.checksum == target.checksum and worker.acked is target)
         full, delta = worker.pushed_bytes
         assert delta < full  # only c's certificate and the routing travel, gzipped
         assert await served(dataplane, "c.example.com") == "c.example.com"
@@ -129,8 +130,8 @@ async def test_publisher_sends_deltas_and_falls_back_to_a_full_push(
         worker.acked = replace(target, certificates=(*target.certificates, certs["d.example.com"]))
         final = snap(certs, ("a.example.com", "d.example.com"), 0)
         publisher.update(["127.0.0.1"], final)
-        await eventually(lambda: dataplane.checksum == final.checksum)
-        assert worker.acked is final and len(worker.pushed_bytes) == 3
+        await eventually(lambda: dataplane.checksum == final.checksum and worker.acked is final)
+        assert len(worker.pushed_bytes) == 3
         assert worker.pushed_bytes[-1] > delta  # the refused delta plus the full snapshot
         assert await served(dataplane, "d.example.com") == "d.example.com"
 
