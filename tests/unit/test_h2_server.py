@@ -22,6 +22,7 @@ from dataplane.snapshot import ClientAuth, TLSHost
 from tests.integration.http_fixtures import ca_bundle, pool, snapshot, vhost
 from tests.pki import CA
 from tests.unit.test_h2_stream import EP, OK, Rig, Wire, make_rig
+from tests.virtual_clock import virtual_clock
 
 
 async def test_head_and_204_end_the_stream_with_the_headers() -> None:
@@ -105,17 +106,17 @@ async def test_client_goaway_finishes_open_streams_then_closes() -> None:
 
 
 async def test_client_that_accepts_nothing_is_aborted_after_client_send_timeout() -> None:
-    rig = await make_rig(replace(HTTPSettings(), client_send_timeout=0.1), window=10)
-    b = rig.backend()
-    rig.get("/stuck")
-    b.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
-    rig.from_server()
-    for _ in range(100):
-        if rig.wire.aborted:
-            break
-        await asyncio.sleep(0.02)
-    assert rig.wire.aborted
-    assert rig.metrics.http_timeouts.labels("client_send")._value.get() == 1
+    with virtual_clock() as clock:
+        rig = await make_rig(replace(HTTPSettings(), client_send_timeout=30.0), window=10)
+        b = rig.backend()
+        rig.get("/stuck")
+        b.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
+        rig.from_server()
+        await clock.advance(25)
+        assert not rig.wire.aborted  # stalled, not yet for the whole timeout
+        await clock.advance(10)
+        assert rig.wire.aborted
+        assert rig.metrics.http_timeouts.labels("client_send")._value.get() == 1
 
 
 async def test_garbage_instead_of_a_preface_is_a_connection_error() -> None:

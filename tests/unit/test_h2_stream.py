@@ -40,6 +40,7 @@ from dataplane.metrics import Metrics
 from dataplane.snapshot import Endpoint
 from tests.integration.http_fixtures import pool, snapshot, vhost
 from tests.unit.test_http_protocol import FakeTransport
+from tests.virtual_clock import virtual_clock
 
 EP = Endpoint("127.0.0.1", 9)  # never connected to: the backends are fakes put in the idle list
 
@@ -261,13 +262,14 @@ async def test_grpc_error_page_becomes_trailers_only(rig: Rig) -> None:
 
 async def test_grpc_deadline_answers_deadline_exceeded(rig: Rig) -> None:
     b = rig.backend()
-    sid = rig.get("/svc.Slow/Call", [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"50m")])
-    assert b.request()
-    for _ in range(100):
-        await asyncio.sleep(0.02)
+    with virtual_clock() as clock:
+        sid = rig.get("/svc.Slow/Call", [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"30S")])
+        assert b.request()
+        await clock.advance(25)
         rig.from_server()
-        if rig.of(sid, ResponseReceived):
-            break
+        assert not rig.of(sid, ResponseReceived)  # the deadline is still ahead
+        await clock.advance(10)
+        rig.from_server()
     (resp,) = rig.of(sid, ResponseReceived)
     assert dict(resp.headers)[b"grpc-status"] == b"4"
     assert b.transport.closed  # the backend exchange was dropped
@@ -363,27 +365,27 @@ async def test_drain_sends_goaway_finishes_open_streams_then_closes(rig: Rig) ->
 
 
 async def test_idle_connection_gets_goaway() -> None:
-    rig = await make_rig(replace(HTTPSettings(), keepalive_timeout=0.05))
-    for _ in range(100):
-        if rig.wire.closed:
-            break
-        await asyncio.sleep(0.02)
+    with virtual_clock() as clock:
+        rig = await make_rig(replace(HTTPSettings(), keepalive_timeout=30.0))
+        await clock.advance(25)
+        assert not rig.wire.closed
+        await clock.advance(10)
     rig.from_server()
     assert rig.wire.closed
     assert [e.error_code for e in rig.events if isinstance(e, ConnectionTerminated)] == [ErrorCodes.NO_ERROR]
 
 
 async def test_missing_preface_closes() -> None:
-    settings = replace(HTTPSettings(), header_timeout=0.05)
+    settings = replace(HTTPSettings(), header_timeout=30.0)
     metrics = Metrics()
     table = build_http_table(snapshot([], []), None, metrics, settings)
     server = H2ServerProtocol(TableRef(table), ConnectionInfo("https"), metrics)
     wire = Wire()
-    server.connection_made(wire)  # type: ignore[arg-type]
-    for _ in range(100):
-        if wire.closed:
-            break
-        await asyncio.sleep(0.02)
+    with virtual_clock() as clock:
+        server.connection_made(wire)  # type: ignore[arg-type]
+        await clock.advance(25)
+        assert not wire.closed
+        await clock.advance(10)
     assert wire.closed
 
 
