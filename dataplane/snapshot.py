@@ -123,6 +123,10 @@ class Pool:
     upgrade_idle_timeout: float | None = None
 
 
+# Pool fields a data plane of the previous release does not know: omitted from the JSON while None (see to_dict).
+ADDED_POOL_FIELDS = ("upgrade_idle_timeout",)
+
+
 @dataclass(frozen=True)
 class ClientAuth:
     ca_id: str
@@ -226,6 +230,10 @@ class Snapshot:
 
     def to_dict(self, redact_keys: bool = False) -> dict[str, Any]:
         data = asdict(self)
+        for pool in data["pools"]:  # fields added after schema 1: left out at their default (docs/contracts.md 3)
+            for name in ADDED_POOL_FIELDS:
+                if pool[name] is None:
+                    del pool[name]
         if redact_keys:
             for cert in data["certificates"]:
                 cert["key_pem"] = "<redacted " + content_id(cert["key_pem"]) + ">"

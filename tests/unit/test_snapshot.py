@@ -103,6 +103,19 @@ def test_strict_parsing_rejects_unknown_fields() -> None:
         Snapshot.from_json("not json")
 
 
+def test_fields_added_after_schema_1_are_left_out_at_their_default() -> None:
+    """A data plane of the previous release refuses unknown fields: during a rolling upgrade it must still accept
+    every snapshot that does not use a new setting (docs/contracts.md, section 3)."""
+    plain = Snapshot(pools=(Pool("web/svc:80"),)).canonical()
+    assert "upgrade_idle_timeout" not in plain.to_json()
+    previous_release_pool = set(Pool.__dataclass_fields__) - {"upgrade_idle_timeout"}
+    assert set(plain.to_dict()["pools"][0]) == previous_release_pool
+    assert Snapshot.from_json(plain.to_json()) == plain
+    used = Snapshot(pools=(Pool("web/svc:80", upgrade_idle_timeout=86400.0),)).canonical()
+    assert '"upgrade_idle_timeout":86400.0' in used.to_json()
+    assert Snapshot.from_json(used.to_json()) == used and used.checksum != plain.checksum
+
+
 def test_validate_finds_every_problem(ca: CA) -> None:
     good = _cert(ca, "a.example.com")
     mismatched = dataclasses.replace(_cert(ca, "b.example.com"), id="mismatch", key_pem=unrelated_key_pem())
