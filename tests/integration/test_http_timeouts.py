@@ -1,5 +1,6 @@
 """The HTTP engine's timeouts on a virtual clock, over real sockets with real clients: client send, client
-body (with a trickle that keeps a request alive), upgraded-connection silence, upstream send.
+body (with a trickle that keeps a request alive), upgraded-connection silence, idle keep-alive and an
+unfinished head, and on the backend side send, read and connect (a TLS handshake never answered).
 
 Each timeout is tens of seconds and the test moves the loop's clock (``tests/virtual_clock.py``), so it
 shows both that nothing fired a moment before the deadline and that it fired just after, in no real
@@ -15,6 +16,7 @@ import aiohttp
 
 from dataplane.http.connection import HTTPProtocol
 from dataplane.http.settings import HTTPSettings
+from dataplane.snapshot import UpstreamTLS
 from tests.integration.http_fixtures import (
     LOCAL,
     Client,
@@ -44,16 +46,24 @@ async def eof_or_reset(reader: asyncio.StreamReader, timeout: float = 10.0) -> b
     return True
 
 
-class Stalls:
-    """The proxy's client connections, each recorded when a write buffer passes its high-water mark (the
-    moment a send timeout starts counting): the evidence a test waits on before it moves the clock."""
+class Seen:
+    """What the proxy's client connections were told by their transports, recorded after the protocol
+    handled it: a read, and a write buffer past its high-water mark (the moment a send timeout starts
+    counting). The evidence a test waits on before it moves the clock, so a timer it means to test is
+    armed at a known time."""
 
     def __init__(self) -> None:
+        self.readers: set[HTTPProtocol] = set()  # connections with a read handled
         self.client: list[HTTPProtocol] = []  # its write buffer to the client
         self.upstream: list[HTTPProtocol] = []  # its write buffer to the backend
 
     def watch(self, proto: HTTPProtocol) -> None:
-        pause_writing, upstream_pause_writing = proto.pause_writing, proto.upstream_pause_writing
+        data_received, pause_writing = proto.data_received, proto.pause_writing
+        upstream_pause_writing = proto.upstream_pause_writing
+
+        def read(data: bytes) -> None:
+            data_received(data)
+            self.readers.add(proto)
 
         def client_full() -> None:
             pause_writing()
@@ -63,16 +73,17 @@ class Stalls:
             upstream_pause_writing()
             self.upstream.append(proto)
 
+        proto.data_received = read  # type: ignore[method-assign]
         proto.pause_writing = client_full  # type: ignore[method-assign]
         proto.upstream_pause_writing = upstream_full  # type: ignore[method-assign]
 
 
 async def test_client_send_timeout_closes_both_sides_others_served() -> None:
     backend = await start_echo()
-    stalls = Stalls()
+    seen = Seen()
     snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint)])
     with virtual_clock() as clock:
-        async with proxy(snap, settings=HTTPSettings(client_send_timeout=30.0), on_protocol=stalls.watch) as px:
+        async with proxy(snap, settings=HTTPSettings(client_send_timeout=30.0), on_protocol=seen.watch) as px:
             stuck = []
             for _ in range(3):  # clients that ask for 16 MiB and read nothing
                 reader, writer = await asyncio.open_connection(LOCAL, px.port, limit=1 << 16)
@@ -82,7 +93,7 @@ async def test_client_send_timeout_closes_both_sides_others_served() -> None:
                 reader._transport.pause_reading()  # type: ignore[attr-defined]
             other = await Client.open(px.port)
             assert (await other.get("/meanwhile")).status == 200
-            await eventually(lambda: len(stalls.client) == 3, what="three stalled clients")
+            await eventually(lambda: len(seen.client) == 3, what="three stalled clients")
             await clock.advance(25)
             assert px.metric(TIMEOUTS, reason="client_send") == 0  # stalled, but not for the whole timeout yet
             assert (await other.get("/during")).status == 200
@@ -98,19 +109,18 @@ async def test_client_send_timeout_closes_both_sides_others_served() -> None:
 
 
 async def count_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: RawBackend) -> None:
-    """Answers each request with the number of body bytes it got, recording each piece as it arrives."""
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        got = 0
-        while got < length:
-            piece = await reader.read(length - got)
-            if not piece:
-                return
-            got += len(piece)
-            backend.received.append(piece)
-        answer = b"%d" % got
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(answer), answer))
+    """Answers one request with the number of body bytes it got, recording each piece as it arrives."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    got = 0
+    while got < length:
+        piece = await reader.read(length - got)
+        if not piece:
+            return
+        got += len(piece)
+        backend.received.append(piece)
+    answer = b"%d" % got
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(answer), answer))
 
 
 async def test_client_body_timeout_408_and_trickle() -> None:
@@ -166,16 +176,16 @@ async def test_upstream_send_timeout_504() -> None:
         await stop.wait()  # reads nothing more: the request body backs up
 
     backend = await start_raw(script)
-    stalls = Stalls()
+    seen = Seen()
     settings = HTTPSettings(max_body_size=0, max_body_buffer=64 * 1024)
     snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint, send_timeout=30.0)])
     with virtual_clock() as clock:
-        async with proxy(snap, settings=settings, on_protocol=stalls.watch) as px:
+        async with proxy(snap, settings=settings, on_protocol=seen.watch) as px:
             client = await Client.open(px.port)
             total = 64 * 1024 * 1024
             client.writer.write(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % total)
             upload = asyncio.create_task(_upload(client, total))
-            await eventually(lambda: stalls.upstream, what="the backend's write buffer full")
+            await eventually(lambda: seen.upstream, what="the backend's write buffer full")
             await clock.advance(25)
             assert px.metric(TIMEOUTS, reason="upstream_send") == 0
             await clock.advance(10)
@@ -193,3 +203,71 @@ async def _upload(client: Client, total: int) -> None:
     piece = b"x" * (1 << 20)
     for _ in range(total // len(piece)):
         await client.send(piece)
+
+
+async def test_idle_client_connection_closed() -> None:
+    backend = await start_echo()
+    seen = Seen()
+    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint)])
+    settings = HTTPSettings(keepalive_timeout=30.0, header_timeout=30.0)
+    with virtual_clock() as clock:
+        async with proxy(snap, settings=settings, on_protocol=seen.watch) as px:
+            client = await Client.open(px.port)
+            assert (await client.get("/")).status == 200  # idle from here
+            slow = await Client.open(px.port)
+            await slow.send(b"GET / HTTP/1.1\r\n")  # never finishes its head
+            await eventually(lambda: len(seen.readers) == 2, what="the unfinished head read")
+            await clock.advance(25)
+            assert px.metric(TIMEOUTS, reason="client_header") == 0
+            assert (await client.get("/again")).status == 200  # still open 25 s into its idleness; idle anew
+            await clock.advance(35)
+            assert px.metric(TIMEOUTS, reason="client_header") == 1
+            assert await client.closed()
+            assert await slow.closed()
+    backend.close()
+
+
+async def test_504_on_slow_backend() -> None:
+    backend = await start_echo()
+    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))], [pool("p", backend.endpoint, read_timeout=30.0)])
+    with virtual_clock() as clock:
+        async with proxy(snap) as px:
+            client = await Client.open(px.port)
+            await client.send(b"GET /slow/3600 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            await eventually(lambda: backend.requests, what="the request at the backend")
+            await clock.advance(25)
+            assert px.metric("portcullis_upstream_failures_total", pool="p", reason="read_timeout") == 0
+            await clock.advance(10)
+            r = await client.response()
+            assert r.status == 504 and b"timed out" in r.body
+            assert px.metric("portcullis_upstream_failures_total", pool="p", reason="read_timeout") == 1
+            client2 = await Client.open(px.port)
+            assert (await client2.get("/fast")).status == 200
+            await client.close()
+            await client2.close()
+    backend.close()
+
+
+async def test_504_on_connect_timeout_tls_handshake_never_answered() -> None:
+    """A backend that accepts TCP but never speaks TLS: the connect (handshake) times out -> 504."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: RawBackend) -> None:
+        backend.received.append(await reader.read(1))  # the ClientHello's first byte: the handshake started
+        await reader.read()  # swallow the rest, answer nothing, until the proxy gives up
+
+    backend = await start_raw(script)
+    snap = snapshot([vhost("app.test", ("/", "Prefix", "p"))],
+                    [pool("p", backend.endpoint, tls=UpstreamTLS("x.svc"), connect_timeout=30.0)])
+    with virtual_clock() as clock:
+        async with proxy(snap) as px:
+            client = await Client.open(px.port)
+            await client.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            await eventually(lambda: backend.received, what="a ClientHello at the backend")
+            await clock.advance(25)
+            assert px.metric("portcullis_upstream_failures_total", pool="p", reason="connect_timeout") == 0
+            await clock.advance(10)
+            r = await client.response()
+            assert r.status == 504 and b"connect timed out" in r.body
+            assert px.metric("portcullis_upstream_failures_total", pool="p", reason="connect_timeout") == 1
+            await client.close()
+    backend.close()
