@@ -15,12 +15,21 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar, cast, overload
 
 T = TypeVar("T")
 
 TIMEOUT = 10.0  # seconds; a bound on a hang, never a speed target
 INTERVAL = 0.01
+
+
+@overload
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ...,
+                     what: str = ...) -> T: ...
+
+
+@overload
+async def eventually(check: Callable[[], T], timeout: float = ..., interval: float = ..., what: str = ...) -> T: ...
 
 
 async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float = TIMEOUT, interval: float = INTERVAL,
