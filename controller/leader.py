@@ -2,15 +2,18 @@
 
 Only the leader publishes snapshots and writes status and Events; standbys keep their indexes warm.
 
-- The leader renews every ``retry`` seconds. One failed renewal is not a loss: it stops leading
-  only when no renewal succeeded within ``renew_deadline`` (measured from the *start* of the last
-  successful renewal, on the monotonic clock). ``is_leader`` is computed from that clock, so it
-  turns false at the deadline even while an apiserver call hangs.
+- The leader renews every ``retry`` seconds. One failed renewal is not a loss: as in client-go, the
+  ``renew_deadline`` runs from the renewal round that follows a success (``retry`` after the start of
+  the last successful renewal, on the monotonic clock), so any outage up to deadline - 0.5 s (one
+  quick retry) costs nothing whenever it begins: 9.5 s with the defaults, a control-plane upgrade's
+  ~8 s included. The window never exceeds ``duration``. ``is_leader`` is computed from that clock, so
+  it turns false at the deadline even while an apiserver call hangs.
 - A candidate takes an unreleased Lease over only when it has seen the Lease record unchanged for
   ``duration`` seconds of its own monotonic clock (client-go's "observed time"), never by comparing
   the holder's wall-clock ``renewTime`` with its own: clock skew cannot make two leaders.
-- Since ``renew_deadline < duration``, a leader cut off from the apiserver stops acting before any
-  standby can take over. Every apiserver call carries a request timeout shorter than the deadline.
+- A standby waits ``duration`` from when it *saw* a renewal, which is after the leader started it, and
+  the leading window is at most ``duration``: a leader cut off from the apiserver stops acting before
+  any standby can take over. Every apiserver call carries a request timeout shorter than the deadline.
 - Writes use the Lease's resourceVersion, so two candidates racing for an expired lease cannot
   both win.
 """
@@ -37,11 +40,18 @@ class LeaseConfig:
     namespace: str
     name: str
     identity: str
-    # client-go's and kube-controller-manager's defaults: an 8 s apiserver outage (a control-plane upgrade) that
-    # begins just after a renewal costs no leadership; any outage shorter than deadline - retry - 0.5 s (7.5 s) none
+    # client-go's and kube-controller-manager's defaults: an apiserver outage of a control-plane upgrade (~8 s)
+    # costs no leadership whenever it begins (up to deadline - 0.5 s: see the module docstring)
     duration: float = 15.0
     renew_deadline: float = 10.0
     retry: float = 2.0
+
+    @property
+    def leading_window(self) -> float:
+        """How long after the start of its last successful renewal a leader keeps leading: the renewal round
+        starts ``retry`` later and has ``renew_deadline`` (client-go); never past ``duration``, when a standby
+        that saw the same renewal may take the Lease."""
+        return min(self.retry + self.renew_deadline, self.duration)
 
     @property
     def request_timeout(self) -> float:
@@ -67,9 +77,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def still_leading(renewed_at: float | None, renew_deadline: float, now: float) -> bool:
-    """Leading until ``renew_deadline`` after the start of the last successful renewal."""
-    return renewed_at is not None and now - renewed_at < renew_deadline
+def still_leading(renewed_at: float | None, window: float, now: float) -> bool:
+    """Leading until ``window`` after the start of the last successful renewal."""
+    return renewed_at is not None and now - renewed_at < window
 
 
 def may_take(holder: str | None, identity: str, observed_at: float, duration: float, now: float) -> bool:
@@ -97,7 +107,7 @@ class LeaderElector:
 
     @property
     def is_leader(self) -> bool:
-        return still_leading(self._renewed_at, self.config.renew_deadline, self.clock())
+        return still_leading(self._renewed_at, self.config.leading_window, self.clock())
 
     async def run(self) -> None:
         while True:
@@ -115,7 +125,7 @@ class LeaderElector:
     def _deadline_left(self) -> float | None:
         if self._renewed_at is None:
             return None
-        return self._renewed_at + self.config.renew_deadline - self.clock()
+        return self._renewed_at + self.config.leading_window - self.clock()
 
     async def step(self) -> float:
         """One acquire-or-renew attempt; returns how long to wait before the next one."""
@@ -148,7 +158,7 @@ class LeaderElector:
         """The request timeout for one call of an attempt; a leader never waits past its deadline."""
         timeout = self.config.request_timeout
         if self._renewed_at is not None:
-            timeout = min(timeout, self._renewed_at + self.config.renew_deadline - self.clock())
+            timeout = min(timeout, self._renewed_at + self.config.leading_window - self.clock())
         return max(0.1, timeout)
 
     def _observe(self, lease: Any) -> float:
