@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -116,7 +118,11 @@ async def tls_rig(ca: CA) -> AsyncIterator[tuple[int, TableRef, Callable[..., Sn
     ref = TableRef(build_http_table(snap(row), None, metrics, HTTPSettings()))
     info = ConnectionInfo("https", sni="app.example.com", tls_host=row)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*_files(leaf))
+    with tempfile.TemporaryDirectory() as pem_dir:  # the files are read here, once: nothing left behind
+        cert_file, key_file = Path(pem_dir) / "cert.pem", Path(pem_dir) / "key.pem"
+        cert_file.write_text(leaf.cert_pem)
+        key_file.write_text(leaf.key_pem)
+        server_ctx.load_cert_chain(cert_file, key_file)
     server = await asyncio.get_running_loop().create_server(
         lambda: HTTPProtocol(ref, info, metrics), LOCAL, 0, ssl=server_ctx)
     try:
@@ -124,17 +130,6 @@ async def tls_rig(ca: CA) -> AsyncIterator[tuple[int, TableRef, Callable[..., Sn
     finally:
         server.close()
         await backend.close()
-
-
-def _files(leaf: object) -> tuple[str, str]:
-    import tempfile
-
-    cert_pem, key_pem = leaf.cert_pem, leaf.key_pem  # type: ignore[attr-defined]
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as c, \
-            tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as k:
-        c.write(cert_pem)
-        k.write(key_pem)
-    return c.name, k.name
 
 
 @pytest.mark.parametrize(
