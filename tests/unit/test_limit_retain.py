@@ -20,7 +20,7 @@ class Conn:
 
 
 def limited(name: str) -> tuple[VirtualHost, TLSHost, Pool]:
-    """One Ingress with ``limit-rps`` on its route and ``limit-connections`` on its passthrough-free TLS row."""
+    """One Ingress: ``limit-rps`` on its route, ``limit-connections`` on a passthrough TLS row of its own."""
     source = f"Ingress team/{name}"
     pool = Pool(f"team/{name}:80", (Endpoint("127.0.0.1", 9),))
     vhost = VirtualHost(f"{name}.example.test", (Route("/", "Prefix", pool.id, source=source, limit_rps=5),))
