@@ -22,6 +22,7 @@ from typing import IO, Any
 import pytest
 
 from e2e.cluster_edge import ClusterEdge
+from e2e.gateway_api import Installed, install_standard_crds
 from e2e.harness import Edge
 from e2e.kube import Cluster, Kube, api_client
 from e2e.netns import PodFactory
@@ -175,6 +176,13 @@ def node(cluster: Cluster, figures: list[str]) -> Node:
 @pytest.fixture(scope="session")
 def kube(cluster: Cluster) -> Kube:
     return cluster.kube
+
+
+@pytest.fixture(scope="session")
+def gateway_crds(kube: Kube) -> Installed:
+    """The standard-channel Gateway API CRDs of e2e/gateway/'s release, installed (kept: cluster-scoped, shared by
+    every session, and installing them again is a no-op)."""
+    return install_standard_crds(kube)
 
 
 @pytest.fixture

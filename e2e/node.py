@@ -15,7 +15,7 @@ from deploy.image.build import BuiltImage, build
 
 E2E = Path(__file__).resolve().parent
 NODE_UP, NODE_DOWN = E2E / "cluster" / "node-up", E2E / "cluster" / "node-down"
-IMAGES = ("pause", "portcullis", "e2e-backend")
+IMAGES = ("pause", "portcullis", "e2e-backend", "echo-basic")
 
 
 class NodeError(RuntimeError):

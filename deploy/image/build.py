@@ -1,6 +1,6 @@
 """Build a Portcullis image as one OCI archive, without Docker or any daemon: ``make image`` and the e2e tier run this.
 
-    python deploy/image/build.py {portcullis,e2e-backend,pause} [--out FILE]
+    python deploy/image/build.py {portcullis,e2e-backend,pause,echo-basic} [--out FILE]
 
 prints ``NAME=``, ``DIGEST=`` (the manifest digest a registry shows), ``SIZE=`` (bytes of the archive) and
 ``ARCHIVE=`` lines on stdout; progress goes to stderr. The archive loads with ``docker load -i``, ``podman load -i``,
@@ -14,7 +14,8 @@ run as root (``chroot`` into the tree to compile .pyc files and prove every impo
 interpreter; without root, a user namespace) and one at a time (the tree lives at a fixed path, see ``WORK``).
 
 Layers: Debian (shared by both Python images), the locked dependencies, the application (small, changes with
-every commit), and for ``e2e-backend`` the e2e backend's sources; ``pause`` is one static binary.
+every commit), and for ``e2e-backend`` the e2e backend's sources; ``pause`` and ``echo-basic`` (the Gateway API
+conformance backend, Go, from ``e2e/gateway/``) are one static binary each.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from deploy.image import oci, pause, rootfs, wheels
+from deploy.image import echo_basic, oci, pause, rootfs, wheels
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -45,7 +46,7 @@ CACHE = Path.home() / ".cache/portcullis"
 # Fixed, not a fresh temporary directory: the compiler records the directory it builds in, and a path that changed
 # per build would change the extensions' bytes. The lock beside it makes concurrent builds take turns.
 WORK = Path("/tmp/portcullis-image-build")
-KINDS = ("portcullis", "e2e-backend", "pause")
+KINDS = ("portcullis", "e2e-backend", "pause", "echo-basic")
 FALLBACK_EPOCH = 315532800  # 1980-01-01, when neither SOURCE_DATE_EPOCH nor git says otherwise
 # https, http, admin (push API, /readyz, /metrics) of the data plane; /healthz of the controller.
 PORTS = (8443, 8080, 9901, 8081)
@@ -96,7 +97,13 @@ def image_name(kind: str) -> str:
     """The full reference the archive carries; the chart's default ``portcullis:<appVersion>`` means the first."""
     return {"portcullis": f"docker.io/library/portcullis:{version()}",
             "e2e-backend": f"docker.io/library/portcullis-e2e-backend:{version()}",
-            "pause": f"portcullis.local/pause:{pause.TAG}"}[kind]
+            "pause": f"portcullis.local/pause:{pause.TAG}",
+            "echo-basic": echo_basic.NAMES[0]}[kind]
+
+
+def image_aliases(kind: str) -> tuple[str, ...]:
+    """More references the same image is imported under (the conformance manifests name echo-basic twice)."""
+    return echo_basic.NAMES[1:] if kind == "echo-basic" else ()
 
 
 def labels(title: str, *, image_version: str = "", description: str = "") -> dict[str, str]:
@@ -122,6 +129,11 @@ def image_config(kind: str) -> oci.ImageConfig:
     if kind == "pause":
         return oci.ImageConfig(entrypoint=["/pause"], user="65535:65535", env=ENV[:1], working_dir="/",
                                labels=labels("pause", image_version=pause.TAG, description=pause.DESCRIPTION))
+    if kind == "echo-basic":
+        return oci.ImageConfig(entrypoint=["/echo-basic"], user=USER, env=ENV[:1], working_dir="/",
+                               exposed_ports=echo_basic.PORTS,
+                               labels=labels("echo-basic", image_version=echo_basic.SOURCE_VERSION,
+                                             description=echo_basic.DESCRIPTION))
     raise ValueError(f"unknown image {kind!r}; one of {', '.join(KINDS)}")
 
 
@@ -129,6 +141,9 @@ def input_files(kind: str) -> list[str]:
     """Every file of the repository an image is made from (relative paths)."""
     if kind == "pause":
         return [(HERE / f).relative_to(REPO).as_posix() for f in ("build.py", "oci.py", "pause.py")]
+    if kind == "echo-basic":
+        builder = [(HERE / f).relative_to(REPO).as_posix() for f in ("build.py", "oci.py", "echo_basic.py")]
+        return builder + list(echo_basic.MODULE_FILES)
     builder = sorted(p.relative_to(REPO).as_posix() for p in HERE.iterdir()
                      if p.is_file() and p.suffix in (".py", ".lock"))
     return builder + wheels.project_sources(REPO) + (list(E2E_FILES) if kind == "e2e-backend" else [])
@@ -151,7 +166,8 @@ def host_tools() -> str:
 
 
 def cache_key(kind: str, files: Sequence[str], epochs: Sequence[int]) -> str:
-    digest = hashlib.sha256(f"{kind}\n{image_name(kind)}\n{epochs}\n{host_tools()}".encode())
+    compiler = echo_basic.go_version() if kind == "echo-basic" else ""  # only this image is Go
+    digest = hashlib.sha256(f"{kind}\n{image_name(kind)}\n{epochs}\n{host_tools()}{compiler}".encode())
     for rel in files:
         digest.update(f"{rel}\n".encode())
         digest.update(hashlib.sha256((REPO / rel).read_bytes()).digest())
@@ -257,12 +273,23 @@ def pause_tree(work: Path, epoch: int) -> list[oci.Layer]:
     return [oci.write_layer(root, ["pause"], work / "pause.tar.gz", mtime=epoch, comment=version_line)]
 
 
+def echo_basic_tree(work: Path, epoch: int) -> list[oci.Layer]:
+    root = work / "rootfs"
+    binary = echo_basic.compile_echo_basic(work / "echo-basic")
+    root.mkdir()
+    shutil.copyfile(binary, root / "echo-basic")
+    (root / "echo-basic").chmod(0o755)
+    return [oci.write_layer(root, ["echo-basic"], work / "echo-basic.tar.gz", mtime=epoch,
+                            comment=echo_basic.DESCRIPTION)]
+
+
 def build(kind: str, out: Path | None = None) -> BuiltImage:
     """Build (or reuse from the cache) the image ``kind``; copy the archive to ``out`` when given."""
     config = image_config(kind)
     files = input_files(kind)
     epoch = source_date_epoch(files)
-    base_epoch = epoch if kind in ("portcullis", "pause") else source_date_epoch(input_files("portcullis"))
+    own_base = kind in ("portcullis", "pause", "echo-basic")  # only e2e-backend shares the portcullis layers
+    base_epoch = epoch if own_base else source_date_epoch(input_files("portcullis"))
     images = CACHE / "images"
     images.mkdir(parents=True, exist_ok=True)
     cached = images / f"{kind}-{cache_key(kind, files, (base_epoch, epoch))[:32]}.oci.tar"
@@ -272,8 +299,14 @@ def build(kind: str, out: Path | None = None) -> BuiltImage:
         with exclusive() as work:
             if not cached.exists():  # built by whoever held the lock before us
                 started = time.monotonic()
-                layers = pause_tree(work, epoch) if kind == "pause" else python_tree(kind, work, base_epoch, epoch)
-                oci.write_archive(cached, image_name(kind), config, layers, created=epoch)
+                if kind == "pause":
+                    layers = pause_tree(work, epoch)
+                elif kind == "echo-basic":
+                    layers = echo_basic_tree(work, epoch)
+                else:
+                    layers = python_tree(kind, work, base_epoch, epoch)
+                oci.write_archive(cached, image_name(kind), config, layers, created=epoch,
+                                  aliases=image_aliases(kind))
                 log(f"{kind}: built in {time.monotonic() - started:.0f}s")
                 _forget_older(images, kind, keep=cached)
     name, digest = oci.read_digest(cached)

@@ -228,12 +228,15 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_archive(dest: Path, name: str, config: ImageConfig, layers: Sequence[Layer], *, created: int) -> Archive:
+def write_archive(dest: Path, name: str, config: ImageConfig, layers: Sequence[Layer], *, created: int,
+                  aliases: Sequence[str] = ()) -> Archive:
     """Write the image as one tar at ``dest`` (atomically: a reader never sees half an archive).
 
     ``name`` is the full reference (``docker.io/library/portcullis:0.1.0``): it goes into the index both as
     containerd's image name and as the OCI ref name (podman takes the image's name from the latter, so a bare tag
     there would load as ``localhost/0.1.0``), and into ``manifest.json``'s RepoTags in Docker's short form.
+    ``aliases`` are more references to the same manifest (one index entry each), for an image that must be found
+    under several names.
     """
     config_bytes = canonical_json(config_document(config, layers, created=created))
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
@@ -252,12 +255,12 @@ def write_archive(dest: Path, name: str, config: ImageConfig, layers: Sequence[L
             "digest": manifest_digest,
             "size": len(manifest_bytes),
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {CONTAINERD_NAME: name, REF_NAME: name},
-        }],
+            "annotations": {CONTAINERD_NAME: ref, REF_NAME: ref},
+        } for ref in (name, *aliases)],
     })
     docker_manifest = canonical_json([{
         "Config": _blob_name(config_digest),
-        "RepoTags": [familiar(name)],
+        "RepoTags": [familiar(ref) for ref in (name, *aliases)],
         "Layers": [_blob_name(layer.digest) for layer in layers],
     }])
     blobs: dict[str, bytes | Path] = {_blob_name(config_digest): config_bytes,

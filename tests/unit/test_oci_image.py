@@ -185,6 +185,23 @@ def test_the_docker_manifest_names_the_same_blobs(tmp_path: Path) -> None:
     assert all(name in files for name in [docker["Config"], *docker["Layers"]])
 
 
+def test_aliases_name_the_same_manifest_in_the_index_and_the_docker_manifest(tmp_path: Path) -> None:
+    # echo-basic is imported under every reference the Gateway API conformance manifests use: one manifest, one
+    # index entry per name (containerd's import names an image per entry), the image's own name first.
+    root = tmp_path / "root"
+    make_tree(root)
+    only = layer(root, tmp_path / "0.tar.gz", ["usr/bin/tool"])
+    alias = "registry.example/echo:v2"
+    archive = oci.write_archive(tmp_path / "a.oci.tar", NAME, CONFIG, [only], created=EPOCH, aliases=[alias])
+    _, files = read_archive(archive.path)
+    entries = json.loads(files["index.json"])["manifests"]
+    assert [e["annotations"] for e in entries] == [{oci.CONTAINERD_NAME: n, oci.REF_NAME: n} for n in (NAME, alias)]
+    assert {e["digest"] for e in entries} == {archive.digest}
+    (docker,) = json.loads(files["manifest.json"])
+    assert docker["RepoTags"] == ["portcullis:0.1.0", alias]
+    assert oci.read_digest(archive.path) == (NAME, archive.digest)
+
+
 def test_archive_entries_are_sorted_root_owned_and_dated(tmp_path: Path) -> None:
     archive = write_image(tmp_path, "a")
     infos, files = read_archive(archive.path)
