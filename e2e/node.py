@@ -14,7 +14,7 @@ from pathlib import Path
 from deploy.image.build import BuiltImage, build
 
 E2E = Path(__file__).resolve().parent
-NODE_UP, NODE_DOWN = E2E / "cluster" / "node-up", E2E / "cluster" / "node-down"
+NODE_UP = E2E / "cluster" / "node-up"  # node-down runs with the rig's down (e2e/cluster/down)
 IMAGES = ("pause", "portcullis", "e2e-backend", "echo-basic")
 
 
