@@ -35,11 +35,12 @@ UP, DOWN = E2E / "cluster" / "up", E2E / "cluster" / "down"
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the control plane (first run: minutes) before any test starts, so no per-test timeout covers it.
     A failed build is not reported here: the ``cluster`` fixture runs ``up`` again and fails with the build log."""
-    if os.environ.get("KUBECONFIG") or session.config.option.collectonly:
+    if session.config.option.collectonly:
         return
-    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+    uses = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if (not os.environ.get("KUBECONFIG") and "cluster" in uses) or "rig" in uses:
         subprocess.run([str(UP), "--build-only"], capture_output=True, timeout=3600, check=False)
-    if any("node" in getattr(item, "fixturenames", ()) for item in session.items):
+    if "node" in uses:
         # The images too (first run: a few minutes); a failure is reported by the ``node`` fixture, which builds again.
         with contextlib.suppress(Exception):
             build_images()
@@ -113,14 +114,9 @@ def _check_reachable(cluster: Cluster) -> None:
                     f"kube-apiserver log tail:\n{cluster.log_tail()}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    external = os.environ.get("KUBECONFIG")
-    if external:
-        found = Cluster(Path(external), Kube(api_client(Path(external))), local_rig=False, state_dir=None)
-        _check_reachable(found)
-        yield found
-        return
+@contextlib.contextmanager
+def _local_rig() -> Iterator[Cluster]:
+    """The local rig (e2e/cluster/up), held with a shared lock; torn down by the last test session that uses it."""
     state = _state_dir()
     state.mkdir(parents=True, exist_ok=True)
     with (state / "users.lock").open("a+") as users:
@@ -138,6 +134,29 @@ def cluster() -> Iterator[Cluster]:
             keep = os.environ.get("PORTCULLIS_E2E_KEEP") == "1"
             if not keep and (state / "owned-by-tests").exists() and _flock(users, fcntl.LOCK_EX, timeout=0):
                 _rig_down(state)  # we are the last user of a rig that a test session started
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        found = Cluster(Path(external), Kube(api_client(Path(external))), local_rig=False, state_dir=None)
+        _check_reachable(found)
+        yield found
+        return
+    with _local_rig() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def rig(cluster: Cluster) -> Iterator[Cluster]:
+    """The local rig whatever KUBECONFIG says: the node tier runs its own node beside it, so it runs on the kind
+    path too (as root, with Go), not only where ``cluster`` is the rig."""
+    if cluster.local_rig:
+        yield cluster
+        return
+    with _local_rig() as found:
+        yield found
 
 
 FIGURES = pytest.StashKey[list[str]]()  # measured on the node (time to first answer, requests held)
@@ -158,14 +177,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 @pytest.fixture(scope="session")
-def node(cluster: Cluster, figures: list[str]) -> Node:
+def node(rig: Cluster, figures: list[str]) -> Node:
     """The rig's real node (kubelet, containerd, kube-proxy, kube-scheduler) with the images built here imported;
     removed with the rig (e2e/cluster/down)."""
-    if not cluster.local_rig:  # only with KUBECONFIG at another cluster (the kind path)
-        pytest.skip("the node tier builds and runs its own node beside the local rig (KUBECONFIG is set)")
-    assert cluster.state_dir is not None, "the local rig always has a state directory"
+    assert rig.state_dir is not None, "the local rig always has a state directory"
     try:
-        found = node_up(cluster.state_dir, build_images())
+        found = node_up(rig.state_dir, build_images())
     except NodeError as exc:
         pytest.fail(str(exc), pytrace=False)
     how = "started" if found.started else "reused"
@@ -179,20 +196,33 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def gateway_crds(kube: Kube) -> Installed:
+def gateway_crds(rig: Cluster) -> Installed:
     """The standard-channel Gateway API CRDs of e2e/gateway/'s release, installed (kept: cluster-scoped, shared by
     every session, and installing them again is a no-op)."""
-    return install_standard_crds(kube)
+    return install_standard_crds(rig.kube)
 
 
-@pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
-    """A fresh namespace per test, deleted (not awaited) afterwards: the namespace controller empties it."""
+@contextlib.contextmanager
+def _fresh_namespace(kube: Kube) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
                                                                      "labels": {"portcullis.io/e2e": "true"}}})
     yield name
     kube.delete("v1", "Namespace", name)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace per test, deleted (not awaited) afterwards: the namespace controller empties it."""
+    with _fresh_namespace(kube) as name:
+        yield name
+
+
+@pytest.fixture
+def rig_namespace(rig: Cluster) -> Iterator[str]:
+    """``namespace`` on the local rig (the node tier's cluster)."""
+    with _fresh_namespace(rig.kube) as name:
+        yield name
 
 
 @pytest.fixture

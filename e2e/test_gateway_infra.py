@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from deploy.image import echo_basic
 from e2e.client import http_get
 from e2e.gateway_api import GROUP, Installed
-from e2e.kube import Kube, wait_for
+from e2e.kube import Cluster, Kube, wait_for
 from e2e.node import Node
 
 V1 = f"{GROUP}/v1"
@@ -25,6 +25,17 @@ STANDARD = {"gatewayclasses": ("v1", "GatewayClass"), "gateways": ("v1", "Gatewa
             "listenersets": ("v1", "ListenerSet"), "tcproutes": ("v1", "TCPRoute"),
             "udproutes": ("v1", "UDPRoute"), "tlsroutes": ("v1", "TLSRoute")}
 TLSROUTES = f"tlsroutes.{GROUP}"
+
+
+@pytest.fixture
+def kube(rig: Cluster) -> Kube:
+    """This module runs on the local rig and its node whatever KUBECONFIG says (the CRDs are installed there)."""
+    return rig.kube
+
+
+@pytest.fixture
+def namespace(rig_namespace: str) -> str:
+    return rig_namespace
 
 
 def _server_minor(kube: Kube) -> int:

@@ -24,8 +24,8 @@ def _condition(obj: Any, kind: str) -> str | None:
     return next((c["status"] for c in obj.to_dict()["status"].get("conditions") or [] if c["type"] == kind), None)
 
 
-def test_the_node_is_ready_with_the_built_versions(node: Node, cluster: Cluster) -> None:
-    found = cluster.kube.get("v1", "Node", node.name)
+def test_the_node_is_ready_with_the_built_versions(node: Node, rig: Cluster) -> None:
+    found = rig.kube.get("v1", "Node", node.name)
     assert found is not None and _condition(found, "Ready") == "True"
     info = found.to_dict()["status"]["nodeInfo"]
     assert info["kubeletVersion"] == "v1.30.14" and info["kubeProxyVersion"] == "v1.30.14"
@@ -34,25 +34,25 @@ def test_the_node_is_ready_with_the_built_versions(node: Node, cluster: Cluster)
     assert addresses["InternalIP"] == NODE_IP
 
 
-def test_pods_get_bridge_addresses_and_services_reach_them(node: Node, cluster: Cluster, namespace: str,
+def test_pods_get_bridge_addresses_and_services_reach_them(node: Node, rig: Cluster, rig_namespace: str,
                                                            tmp_path: Path) -> None:
-    edge = ClusterEdge(cluster, namespace, tmp_path, image=node.backend_image.name)
+    edge = ClusterEdge(rig, rig_namespace, tmp_path, image=node.backend_image.name)
     edge.backend("echo", "http")
-    pods = cluster.kube.resource("v1", "Pod").get(namespace=namespace,
+    pods = rig.kube.resource("v1", "Pod").get(namespace=rig_namespace,
                                                   label_selector="app.kubernetes.io/name=echo").items
     assert len(pods) == 1 and pods[0].spec.nodeName == node.name
     pod_ip = pods[0].status.podIP
     assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(node.pod_cidr)
     assert http_get(pod_ip, 8080, "direct.e2e.test").json()["server"] == "echo"
 
-    service = cluster.kube.get("v1", "Service", "echo", namespace)
+    service = rig.kube.get("v1", "Service", "echo", rig_namespace)
     assert service is not None
     cluster_ip = service.spec.clusterIP
     answer = wait_for("the echo Service's cluster IP through kube-proxy", lambda: _get(cluster_ip, 80), 15.0)
     assert answer["server"] == "echo"
 
-    service = client.CoreV1Api(cluster.kube.api).patch_namespaced_service(
-        "echo", namespace, {"spec": {"type": "NodePort"}})
+    service = client.CoreV1Api(rig.kube.api).patch_namespaced_service(
+        "echo", rig_namespace, {"spec": {"type": "NodePort"}})
     node_port = service.spec.ports[0].node_port
     for address in (NODE_IP, "127.0.0.1"):
         answer = wait_for(f"NodePort {address}:{node_port} through kube-proxy", lambda a=address: _get(a, node_port),
@@ -82,23 +82,23 @@ IN_CLUSTER_CHECK = textwrap.dedent("""
 """)
 
 
-def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(node: Node, cluster: Cluster,
-                                                                     namespace: str) -> None:
-    cluster.kube.apply({
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(node: Node, rig: Cluster,
+                                                                     rig_namespace: str) -> None:
+    rig.kube.apply({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "in-cluster"},
         "spec": {"restartPolicy": "Never", "containers": [{
             "name": "check", "image": node.backend_image.name, "imagePullPolicy": "Never",
             "command": ["python3.11", "-c", IN_CLUSTER_CHECK], "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False}}]},
-    }, namespace=namespace)
+    }, namespace=rig_namespace)
 
     def finished() -> str | None:
-        pod = cluster.kube.get("v1", "Pod", "in-cluster", namespace)
+        pod = rig.kube.get("v1", "Pod", "in-cluster", rig_namespace)
         phase = pod.status.phase if pod is not None else None
         return phase if phase in ("Succeeded", "Failed") else None
 
     phase = wait_for("the in-cluster check pod finishes", finished, 60.0, interval=0.5)
-    pod = cluster.kube.get("v1", "Pod", "in-cluster", namespace)
+    pod = rig.kube.get("v1", "Pod", "in-cluster", rig_namespace)
     assert pod is not None
     terminated = pod.status.containerStatuses[0].state.terminated
     assert phase == "Succeeded", f"exit {terminated.exitCode}: {terminated.message or terminated.reason}"
