@@ -170,6 +170,17 @@ async def start_raw(script: Callable[[asyncio.StreamReader, asyncio.StreamWriter
     return backend
 
 
+async def eof_or_reset(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
+    """Read until the server closes; True on EOF or reset within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(1 << 20):
+                pass
+    except (ConnectionError, ssl.SSLError):
+        return True
+    return True
+
+
 def free_port() -> int:
     """A port nothing listens on (bound then released): connects to it are refused."""
     import socket

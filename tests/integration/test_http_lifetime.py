@@ -33,6 +33,7 @@ from tests.integration.conftest import certificate, client_context
 from tests.integration.http_fixtures import (
     LOCAL,
     Client,
+    eof_or_reset,
     pool,
     proxy,
     snapshot,
@@ -41,17 +42,6 @@ from tests.integration.http_fixtures import (
 from tests.pki import CA
 
 LOOPS = ("asyncio", "uvloop")
-
-
-async def eof_or_reset(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
-    """Read until the server closes; True on EOF or reset within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(1 << 20):
-                pass
-    except (ConnectionError, ssl.SSLError):
-        return True
-    return True
 
 
 def app_snapshot(*endpoints: Endpoint, generation: int = 1, hosts: tuple[str, ...] = ("app.test",)) -> Snapshot:

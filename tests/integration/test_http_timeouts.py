@@ -10,7 +10,6 @@ time. asyncio's loop only: uvloop's clock cannot be moved (the other lifetime te
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 import aiohttp
 
@@ -21,6 +20,7 @@ from tests.integration.http_fixtures import (
     LOCAL,
     Client,
     RawBackend,
+    eof_or_reset,
     pool,
     proxy,
     read_response,
@@ -33,17 +33,6 @@ from tests.virtual_clock import virtual_clock
 from tests.waiting import eventually
 
 TIMEOUTS = "portcullis_http_timeouts_total"
-
-
-async def eof_or_reset(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
-    """Read until the server closes; True on EOF or reset within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(1 << 20):
-                pass
-    except (ConnectionError, ssl.SSLError):
-        return True
-    return True
 
 
 class Seen:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from controller.model import Inputs
+from controller.problems import Problem
+from controller.render import RenderConfig, render
+from dataplane.snapshot import Snapshot, validate
+
 NS = "shop"
 
 
@@ -96,3 +101,11 @@ def ingress_class(name: str, controller: str = "portcullis.io/ingress-controller
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def rendered(*objs: dict[str, Any], config: RenderConfig | None = None) -> tuple[Snapshot, list[Problem]]:
+    """Render the objects as the controller does; the snapshot must be one the data plane accepts."""
+    inputs, problems = Inputs.from_objects(objs)
+    snapshot, render_problems = render(inputs, config or RenderConfig())
+    assert validate(snapshot, check_pem=True) == [], "the renderer must never emit a snapshot the data plane refuses"
+    return snapshot, problems + render_problems

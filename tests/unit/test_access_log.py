@@ -10,9 +10,6 @@ from typing import Any
 
 import pytest
 
-from controller.model import Inputs
-from controller.problems import Problem
-from controller.render import RenderConfig, render
 from dataplane.access_log import (
     HTTP_FIELDS,
     MAX_FIELD,
@@ -152,11 +149,7 @@ def test_ingress_of_snapshot_sources() -> None:
 # --- the annotation -------------------------------------------------------------------------------
 
 
-def run(*objs: dict[str, Any]) -> tuple[Snapshot, list[Problem]]:
-    inputs, problems = Inputs.from_objects(objs)
-    snapshot, render_problems = render(inputs, RenderConfig())
-    assert validate(snapshot) == []
-    return snapshot, problems + render_problems
+run = k.rendered  # render as the controller does (tests/unit/objects.py)
 
 
 WEB = [k.service("web"), k.endpoints("web", "10.0.0.1")]

@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.model import Inputs
 from controller.problems import Problem
-from controller.render import RenderConfig, render
-from dataplane.snapshot import Snapshot, validate
+from controller.render import RenderConfig
+from dataplane.snapshot import Snapshot
 from tests.pki import CA, unrelated_key_pem
 from tests.unit import objects as k
 
@@ -37,11 +36,7 @@ def pki(ca: CA) -> dict[str, Any]:
     }
 
 
-def run(*objs: dict[str, Any], config: RenderConfig | None = None) -> tuple[Snapshot, list[Problem]]:
-    inputs, problems = Inputs.from_objects(objs)
-    snapshot, render_problems = render(inputs, config or RenderConfig())
-    assert validate(snapshot, check_pem=True) == [], "the renderer must never emit a snapshot the data plane refuses"
-    return snapshot, problems + render_problems
+run = k.rendered  # render as the controller does (tests/unit/objects.py)
 
 
 def reasons(problems: list[Problem]) -> set[tuple[str, str]]:

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from controller.annotations import annotation_table
-from controller.model import Inputs
-from controller.problems import Problem
-from controller.render import RenderConfig, render
-from dataplane.snapshot import Snapshot, validate
 from tests.pki import CA
 from tests.unit import objects as k
 
@@ -17,11 +11,7 @@ NATIVE = "portcullis.io/"
 WEB = [k.service("web"), k.endpoints("web", "10.0.0.1")]
 
 
-def run(*objs: dict[str, Any]) -> tuple[Snapshot, list[Problem]]:
-    inputs, problems = Inputs.from_objects(objs)
-    snapshot, render_problems = render(inputs, RenderConfig())
-    assert validate(snapshot) == []
-    return snapshot, problems + render_problems
+run = k.rendered  # render as the controller does (tests/unit/objects.py)
 
 
 def test_nginx_limits_reach_routes_and_tls_rows() -> None:

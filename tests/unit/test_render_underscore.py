@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from controller.model import Inputs
-from controller.problems import Problem
-from controller.render import RenderConfig, render
-from dataplane.snapshot import Snapshot, validate
+from dataplane.snapshot import Snapshot
 from tests.unit import objects as k
 
 KEY = "portcullis.io/allow-underscore-headers"
 
 
-def run(*objs: dict[str, Any]) -> tuple[Snapshot, list[Problem]]:
-    inputs, problems = Inputs.from_objects(objs)
-    snapshot, render_problems = render(inputs, RenderConfig())
-    assert validate(snapshot) == []
-    return snapshot, problems + render_problems
+run = k.rendered  # render as the controller does (tests/unit/objects.py)
 
 
 def allowed(snapshot: Snapshot, host: str) -> bool:

@@ -4,13 +4,8 @@ the data plane's ``--upgrade-idle-timeout``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from controller.model import Inputs
-from controller.problems import Problem
-from controller.render import RenderConfig, render
 from dataplane.snapshot import Pool, Snapshot, validate
 from tests.unit import objects as k
 
@@ -19,11 +14,7 @@ NATIVE = "portcullis.io/"
 WEB = [k.service("web"), k.endpoints("web", "10.0.0.1")]
 
 
-def run(*objs: dict[str, Any]) -> tuple[Snapshot, list[Problem]]:
-    inputs, problems = Inputs.from_objects(objs)
-    snapshot, render_problems = render(inputs, RenderConfig())
-    assert validate(snapshot) == []
-    return snapshot, problems + render_problems
+run = k.rendered  # render as the controller does (tests/unit/objects.py)
 
 
 def pool_of(snap: Snapshot, host: str) -> Pool:
