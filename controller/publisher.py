@@ -68,7 +68,12 @@ class PushBodies:
             self._built = {k: t for k, t in self._built.items() if k[1] == snapshot.checksum}
             task = asyncio.ensure_future(asyncio.to_thread(self._build, base, snapshot))
             self._built[key] = task
-        return await asyncio.shield(task)  # a cancelled worker must not cancel the others' body
+        try:
+            return await asyncio.shield(task)  # a cancelled worker must not cancel the others' body
+        except Exception:
+            if self._built.get(key) is task:  # a failed build is not kept: the worker's retry builds again
+                del self._built[key]
+            raise
 
     def _build(self, base: Snapshot | None, snapshot: Snapshot) -> bytes:
         if base is None:

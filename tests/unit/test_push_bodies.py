@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from controller.manifests import load_paths
 from controller.model import Inputs
 from controller.publisher import PushBodies, PushConfig, encoder
@@ -76,3 +78,21 @@ async def test_a_cancelled_worker_does_not_cancel_the_shared_build() -> None:
     await asyncio.sleep(0)  # the build has started in its thread
     first.cancel()
     assert decoded(await bodies.get(None, snapshot)) == json.loads(snapshot.to_json())
+
+
+async def test_a_failed_build_is_not_kept() -> None:
+    calls = 0
+
+    def flaky(text: str) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first build fails")
+        return text.encode()
+
+    bodies = PushBodies(flaky)
+    snapshot = rendered().with_generation(4)
+    with pytest.raises(ValueError, match="first build fails"):
+        await bodies.get(None, snapshot)
+    assert json.loads(await bodies.get(None, snapshot)) == json.loads(snapshot.to_json())
+    assert calls == 2
