@@ -108,7 +108,7 @@ def served(release: Release, host: str, ca: CA, backend: str = WEB) -> Answer:
 def offload(release: Release, edge_ca: CA, name: str) -> str:
     host = f"{name}.node.e2e.test"
     cert = edge_ca.issue(host)
-    release.rig.kube.apply([tls_secret(f"{name}-tls", cert.cert_pem, cert.key_pem),
+    release.cluster.kube.apply([tls_secret(f"{name}-tls", cert.cert_pem, cert.key_pem),
                                 ingress(name, host, WEB, 80, release.ingress_class, tls_secret=f"{name}-tls")],
                                namespace=release.namespace)
     return host
@@ -120,7 +120,7 @@ def offload(release: Release, edge_ca: CA, name: str) -> str:
 def test_helm_install_serves_through_the_load_balancer_address(release: Release, backends: ClusterEdge,
                                                                edge_ca: CA, figures: list[str]) -> None:
     host = "first.node.e2e.test"
-    release.rig.kube.apply(ingress("first", host, WEB, 80, release.ingress_class), namespace=release.namespace)
+    release.cluster.kube.apply(ingress("first", host, WEB, 80, release.ingress_class), namespace=release.namespace)
     started = time.monotonic()
     release.install()
     answer = wait_for("the first answer after helm install", answers(lambda: (
@@ -132,7 +132,7 @@ def test_helm_install_serves_through_the_load_balancer_address(release: Release,
     release.wait_rolled_out("controller", 2)
     for pod in release.pods("dataplane"):  # both native parts load in the image
         assert "HTTP request-head parser: c; HTTP/2 session: libnghttp2" in release.log(pod.metadata.name)
-    service = release.rig.kube.get("v1", "Service", f"{release.prefix}-dataplane", release.namespace)
+    service = release.cluster.kube.get("v1", "Service", f"{release.prefix}-dataplane", release.namespace)
     assert service is not None
     node_port = next(p.nodePort for p in service.spec.ports if p.name == "http")
     through_node_port = http_get(NODE_IP, node_port, host)
@@ -141,7 +141,7 @@ def test_helm_install_serves_through_the_load_balancer_address(release: Release,
 
 def test_every_tls_mode_mtls_redirect_and_http2(release: Release, backends: ClusterEdge, edge_ca: CA,
                                                 node: Node, tmp_path: Path) -> None:
-    kube, ns, target = release.rig.kube, release.namespace, release.target
+    kube, ns, target = release.cluster.kube, release.namespace, release.target
     backend_ca = CA("Portcullis node backend CA")
     backends.backend("secure", "https", cert=backend_ca.issue(f"secure.{ns}.svc"))
     direct_host = "direct.node.e2e.test"
@@ -203,7 +203,7 @@ def test_every_tls_mode_mtls_redirect_and_http2(release: Release, backends: Clus
 
 
 def test_controller_pods_lead_report_and_lack_no_permission(release: Release, backends: ClusterEdge) -> None:
-    kube, ns = release.rig.kube, release.namespace
+    kube, ns = release.cluster.kube, release.namespace
     controllers = {p.metadata.name for p in release.ready_pods("controller")}
     assert len(controllers) == 2
     holder = wait_for("a controller pod holds the Lease", release.lease_holder, 30.0)
@@ -255,7 +255,7 @@ def test_helm_upgrade_rolls_the_data_planes_without_a_failed_request(release: Re
 
 def test_deleting_the_leader_pod_hands_over_while_traffic_flows(release: Release, backends: ClusterEdge,
                                                                 edge_ca: CA, figures: list[str]) -> None:
-    kube, ns = release.rig.kube, release.namespace
+    kube, ns = release.cluster.kube, release.namespace
     host = offload(release, edge_ca, "handover")
     served(release, host, edge_ca)
     leader = wait_for("a leader", release.lease_holder, 30.0)
@@ -276,7 +276,7 @@ def test_deleting_the_leader_pod_hands_over_while_traffic_flows(release: Release
 
 def test_a_killed_data_plane_container_serves_from_its_state_file(release: Release, backends: ClusterEdge,
                                                                   edge_ca: CA) -> None:
-    kube, ns = release.rig.kube, release.namespace
+    kube, ns = release.cluster.kube, release.namespace
     host = offload(release, edge_ca, "remembered")
     served(release, host, edge_ca)
     release.upgrade({"controller": {"replicas": 0}})  # nobody can push: what serves comes from the state file
